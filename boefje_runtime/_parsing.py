@@ -1,0 +1,98 @@
+"""Small checkers that turn untrusted JSON into typed values, naming the field on failure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from .errors import ParseError
+
+_MISSING = object()
+
+
+def describe(value: Any) -> str:
+    """Say what a wrong value was, short enough for one log line."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return f"string {shown!r}"
+    if isinstance(value, (int, float)):
+        return f"number {value!r}"
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    return type(value).__name__
+
+
+def expect_object(value: Any, path: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ParseError(path, f"expected an object, got {describe(value)}")
+    return value
+
+
+def field(obj: Mapping[str, Any], key: str, path: str, default: Any = _MISSING) -> Any:
+    """Return ``obj[key]``; a missing key is an error unless a default is given."""
+    value = obj.get(key, _MISSING)
+    if value is _MISSING:
+        if default is _MISSING:
+            raise ParseError(f"{path}.{key}", "missing")
+        return default
+    return value
+
+
+def string(value: Any, path: str, *, optional: bool = False, non_empty: bool = False) -> str | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or (non_empty and not value):
+        kind = "a non-empty string" if non_empty else "a string"
+        if optional:
+            kind += " or null"
+        raise ParseError(path, f"expected {kind}, got {describe(value)}")
+    return value
+
+
+def integer(value: Any, path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ParseError(path, f"expected an integer, got {describe(value)}")
+    return value
+
+
+def timestamp(value: Any, path: str, *, optional: bool = True) -> datetime | None:
+    """Parse ISO 8601 with or without a UTC offset (and with a trailing ``Z``, which 3.10 rejects)."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise ParseError(path, f"expected an ISO 8601 datetime, got {describe(value)}")
+    text = value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise ParseError(path, f"expected an ISO 8601 datetime, got {describe(value)}") from None
+
+
+def format_timestamp(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def string_map(value: Any, path: str, *, optional: bool = True) -> dict[str, str] | None:
+    if value is None and optional:
+        return None
+    obj = expect_object(value, path)
+    for key, item in obj.items():
+        if not isinstance(item, str):
+            raise ParseError(f"{path}.{key}", f"expected a string, got {describe(item)}")
+    return dict(obj)
+
+
+def extras(obj: Mapping[str, Any], known: frozenset[str]) -> dict[str, Any]:
+    """The fields we do not model: kept so they can be sent back unchanged."""
+    return {key: value for key, value in obj.items() if key not in known}
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
