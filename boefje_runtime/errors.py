@@ -75,7 +75,9 @@ def _rebuild_connection_error(message, method, url, sent):
 
 
 class APIStatusError(APIError):
-    """The API answered with a non-2xx status."""
+    """The API answered with a non-2xx status. ``retry_after`` is the server's hint, in seconds."""
+
+    retry_after: float | None = None
 
 
 class APIResponseError(APIError):

@@ -1,0 +1,251 @@
+"""``BoefjeAPIClient``: the worker's side of the Boefje API, over one keep-alive session.
+
+Every call has a timeout, is logged once at INFO in the seed's form
+(``HTTP Request: POST <url> "HTTP/1.1 200 OK"``) and fails with an :class:`~boefje_runtime.errors.APIError`
+subclass carrying the method, URL and status. Which calls are retried, and why, is in
+:mod:`boefje_runtime.retry`. Header values (e.g. an ``Authorization`` token) are never logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import requests
+
+from .errors import APIConnectionError, APIResponseError, APIStatusError
+from .filters import TaskFilter
+from .models import BoefjeInput, BoefjeOutput, Task, TaskStatus, parse_task_list
+from .retry import CallKind, RetryPolicy
+
+if TYPE_CHECKING:
+    from .config import RuntimeConfig
+
+logger = logging.getLogger("boefje_runtime.http")
+
+#: Answers larger than this are refused instead of read into memory (a spoofed or broken API).
+DEFAULT_MAX_RESPONSE_BYTES = 256 * 1024 * 1024
+
+_JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+class BoefjeAPIClient:
+    """A client for one Boefje API. Not shared between processes: each worker makes its own."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float = 30.0,
+        headers: Mapping[str, str] | None = None,
+        verify: bool | str = True,
+        retry: RetryPolicy | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.max_response_bytes = max_response_bytes
+        self.retry_policy = retry or RetryPolicy()
+        self._retrying = {kind: self.retry_policy.retrying(kind) for kind in CallKind}
+        self.session = requests.Session()
+        self.session.verify = verify
+        if headers:
+            self.session.headers.update(headers)
+
+    @classmethod
+    def from_config(cls, config: RuntimeConfig, base_url: str | None = None) -> BoefjeAPIClient:
+        """A client for ``config.boefjes_api`` (or ``base_url``) with the configured timeout and headers."""
+        url = base_url or config.boefjes_api
+        if not url:
+            raise ValueError("no Boefje API URL configured (BOEFJES_API)")
+        return cls(url, timeout=config.outgoing_request_timeout, headers=dict(config.api_headers or {}))
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> BoefjeAPIClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- the scheduler's queue ------------------------------------------------------------------
+
+    def pop_raw(self, queue: str = "boefje", task_filter: TaskFilter | None = None, limit: int = 1) -> list[Any]:
+        """Pop up to ``limit`` tasks, unparsed: a malformed task must not hide its well-formed siblings.
+
+        Accepts a JSON list and ``{"results": [...]}``. Retried only when unsent (see retry.py).
+        """
+        body = (task_filter or TaskFilter()).to_request()
+        url = f"{self.base_url}/api/v0/scheduler/{quote(queue, safe='')}/pop?limit={int(limit)}"
+        answer = self._call(CallKind.UNSENT_ONLY, "POST", url, body)
+        return parse_task_list(answer)
+
+    def pop(self, queue: str = "boefje", task_filter: TaskFilter | None = None, limit: int = 1) -> list[Task]:
+        """Pop and parse; raises :class:`ParseError` if any task is malformed."""
+        return [Task.from_dict(item, f"pop[{i}]") for i, item in enumerate(self.pop_raw(queue, task_filter, limit))]
+
+    def push(self, task: Task | Mapping[str, Any], queue: str = "boefje") -> None:
+        """Put a task back on the queue, exactly as it was received when we have the raw payload."""
+        if isinstance(task, Task):
+            body = task.raw if task.raw is not None else task.to_dict()
+        else:
+            body = dict(task)
+        self._call(CallKind.SAFE, "POST", f"{self.base_url}/api/v0/scheduler/{quote(queue, safe='')}/push", body)
+
+    def patch_status(self, task_id: str, status: TaskStatus | str) -> None:
+        """Set a task's status. The scheduler does not guard transitions: callers must."""
+        value = status.value if isinstance(status, TaskStatus) else str(status)
+        self._call(CallKind.SAFE, "PATCH", self._task_url(task_id), {"status": value})
+
+    def get_task(self, task_id: str) -> Task:
+        url = self._task_url(task_id)
+        answer = self._call(CallKind.SAFE, "GET", url)
+        return Task.from_dict(answer)
+
+    # -- the boefje runner's endpoints -----------------------------------------------------------
+
+    def input_url(self, task_id: str) -> str:
+        return f"{self.base_url}/api/v0/tasks/{quote(task_id, safe='')}"
+
+    def fetch_input(self, url: str) -> BoefjeInput:
+        """GET a one-shot input (403 unless the task is running)."""
+        answer = self._call(CallKind.SAFE, "GET", url)
+        return BoefjeInput.from_dict(answer)
+
+    def get_input(self, task_id: str) -> BoefjeInput:
+        return self.fetch_input(self.input_url(task_id))
+
+    def deliver_output(self, url: str, output: BoefjeOutput | Mapping[str, Any]) -> dict[str, Any]:
+        """POST a task's output; the API then closes the task itself.
+
+        The API accepts one output per task, so a 403 on a *repeated* try means an earlier try
+        landed but its answer was lost: that counts as delivered (logged), and ``{}`` is returned.
+        """
+        body = output.to_dict() if isinstance(output, BoefjeOutput) else dict(output)
+        for attempt in self._retrying[CallKind.SAFE].copy():
+            with attempt:
+                try:
+                    answer = self._request("POST", url, body)
+                except APIStatusError as exc:
+                    if exc.status_code == 403 and attempt.retry_state.attempt_number > 1:
+                        logger.warning("Output to %s refused on a retry: an earlier try was accepted", url)
+                        return {}
+                    raise
+                return answer if isinstance(answer, dict) else {}
+        raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+
+    def post_output(self, task_id: str, output: BoefjeOutput | Mapping[str, Any]) -> dict[str, Any]:
+        return self.deliver_output(self.input_url(task_id), output)
+
+    def health(self) -> bool:
+        """True when ``/healthz`` answers 200. Never raises for an unreachable API."""
+        try:
+            self._request("GET", f"{self.base_url}/healthz")
+        except (APIConnectionError, APIStatusError, APIResponseError):
+            return False
+        return True
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    def _task_url(self, task_id: str) -> str:
+        return f"{self.base_url}/api/v0/scheduler/tasks/{quote(task_id, safe='')}"
+
+    def _call(self, kind: CallKind, method: str, url: str, body: Any = None) -> Any:
+        return self._retrying[kind].copy()(self._request, method, url, body)
+
+    def _request(self, method: str, url: str, body: Any = None) -> Any:
+        """One HTTP exchange: send, log, check the status, decode JSON within the size cap."""
+        data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        try:
+            response = self.session.request(
+                method,
+                url,
+                data=data,
+                headers=_JSON_HEADERS if data is not None else None,
+                timeout=self.timeout,
+                stream=True,
+            )
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise APIConnectionError(
+                f"{method} {url} failed: {_reason(exc)}", method=method, url=url, sent=not _never_sent(exc)
+            ) from None
+        except requests.RequestException as exc:
+            raise APIConnectionError(f"{method} {url} failed: {_reason(exc)}", method=method, url=url) from None
+        with response:
+            logger.info('HTTP Request: %s %s "HTTP/1.1 %d %s"', method, url, response.status_code, response.reason)
+            content = self._read(response, method, url)
+        if response.status_code >= 400:
+            raise _status_error(method, url, response, content)
+        if not content:
+            return None
+        try:
+            return json.loads(content)
+        except ValueError:
+            raise APIResponseError(
+                f"{method} {url} answered {response.status_code} with a body that is not JSON",
+                method=method,
+                url=url,
+                status_code=response.status_code,
+            ) from None
+
+    def _read(self, response: requests.Response, method: str, url: str) -> bytes:
+        """Read the body, refusing to hold more than ``max_response_bytes`` in memory."""
+        declared = response.headers.get("Content-Length")
+        try:
+            if declared is not None and declared.isdigit() and int(declared) <= self.max_response_bytes:
+                return response.content
+            chunks, size = [], 0
+            for chunk in response.iter_content(1 << 16):
+                size += len(chunk)
+                if size > self.max_response_bytes:
+                    raise APIResponseError(
+                        f"{method} {url}: answer larger than {self.max_response_bytes} bytes; refused",
+                        method=method,
+                        url=url,
+                        status_code=response.status_code,
+                    )
+                chunks.append(chunk)
+            return b"".join(chunks)
+        except requests.RequestException as exc:
+            raise APIConnectionError(
+                f"{method} {url} failed while reading the answer: {_reason(exc)}", method=method, url=url
+            ) from None
+
+
+def _never_sent(exc: requests.RequestException) -> bool:
+    """True when the request cannot have reached the server: refused or a connect timeout."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    text = repr(exc)
+    return "NewConnectionError" in text or "Connection refused" in text or "NameResolutionError" in text
+
+
+def _reason(exc: BaseException) -> str:
+    """A short cause for one log line (requests nests the useful part deep inside)."""
+    inner = exc
+    while inner.args and isinstance(inner.args[0], BaseException):
+        inner = inner.args[0]
+    reason = getattr(inner, "reason", None)
+    text = str(reason if reason is not None else inner)
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _status_error(method: str, url: str, response: requests.Response, content: bytes) -> APIStatusError:
+    detail = content[:200].decode("utf-8", "replace").strip()
+    error = APIStatusError(
+        f"{method} {url} answered {response.status_code} {response.reason}" + (f": {detail}" if detail else ""),
+        method=method,
+        url=url,
+        status_code=response.status_code,
+    )
+    retry_after = response.headers.get("Retry-After")
+    if retry_after is not None:
+        try:
+            error.retry_after = float(retry_after)
+        except ValueError:
+            error.retry_after = None  # an HTTP date: fall back to our own back-off
+    return error
