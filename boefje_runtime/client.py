@@ -50,10 +50,22 @@ class BoefjeAPIClient:
         self.max_response_bytes = max_response_bytes
         self.retry_policy = retry or RetryPolicy()
         self._retrying = {kind: self.retry_policy.retrying(kind) for kind in CallKind}
+        self._headers = dict(headers or {})
+        self._verify = verify
         self.session = requests.Session()
         self.session.verify = verify
-        if headers:
-            self.session.headers.update(headers)
+        self.session.headers.update(self._headers)
+
+    def clone(self, *, retry: RetryPolicy | None = None) -> BoefjeAPIClient:
+        """A new client with the same settings and its own session (e.g. for a forked worker)."""
+        return type(self)(
+            self.base_url,
+            timeout=self.timeout,
+            headers=self._headers,
+            verify=self._verify,
+            retry=retry or self.retry_policy,
+            max_response_bytes=self.max_response_bytes,
+        )
 
     @classmethod
     def from_config(cls, config: RuntimeConfig, base_url: str | None = None) -> BoefjeAPIClient:

@@ -1,0 +1,53 @@
+"""``PoolSettings``: every knob of worker mode, each with a documented default."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, kw_only=True)
+class PoolSettings:
+    """How a :class:`~boefje_runtime.pool.WorkerPool` behaves. Defaults are OpenKAT's where it has one."""
+
+    #: Worker processes, each running one task at a time.
+    pool_size: int = 2
+    #: The scheduler queue to pop from.
+    queue: str = "boefje"
+    #: Longest wait between pops while the queue stays empty (seconds).
+    poll_interval: float = 10.0
+    #: Longest the supervisor sleeps while every worker is busy (seconds); it wakes earlier on events.
+    heartbeat: float = 1.0
+    #: Run tasks of one pop that are duplicates once and post the output to each.
+    deduplicate: bool = True
+    #: Kill a task's process after this many seconds (None: no limit).
+    task_timeout: float | None = None
+    #: Replace a worker after it ran this many tasks (None: never).
+    max_tasks_per_child: int | None = None
+    #: Replace a worker once its resident memory passes this many MiB (None: never).
+    max_memory_per_child: float | None = None
+    #: On SIGTERM/SIGINT, how long running tasks get to finish before they are killed (seconds).
+    shutdown_timeout: float = 25.0
+    #: Tasks popped beyond the free workers. 0, because a prefetched task waits on a busy
+    #: container while other containers may be idle.
+    prefetch: int = 0
+    #: Stop (exit 0) once the queue has nothing for this worker.
+    burst: bool = False
+    #: Stop after this many tasks were started (None: no limit).
+    max_tasks: int | None = None
+    #: Refuse boefje output larger than this (bytes) with a FAILED task instead of exhausting memory.
+    max_output_bytes: int | None = 64 * 1024 * 1024
+    #: First wait after an empty pop; waits grow from here to ``poll_interval``.
+    first_poll_wait: float = 0.02
+    #: Keep waits at ``first_poll_wait`` this long after the last task, so bursty queues are picked
+    #: up fast; only a queue that stays empty backs off towards ``poll_interval``.
+    hot_window: float = 1.0
+    #: Longest back-off after Boefje API errors (seconds).
+    max_error_backoff: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.pool_size < 1:
+            raise ValueError("pool_size must be at least 1")
+        if self.poll_interval <= 0 or self.heartbeat <= 0:
+            raise ValueError("poll_interval and heartbeat must be positive")
+        if self.prefetch < 0:
+            raise ValueError("prefetch must be 0 or more")

@@ -1,0 +1,465 @@
+"""``WorkerPool``: the supervisor that keeps ``pool_size`` worker processes busy.
+
+One iteration of the loop is :meth:`WorkerPool.step`: read what workers reported, reap the dead,
+enforce time limits, close what is left open, pop for free workers and hand tasks out. The
+forever loop (:meth:`WorkerPool.run`) is a thin wrapper that waits for the next event between
+steps. All HTTP, logging and joins happen here, never in a signal handler.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from multiprocessing.connection import wait as wait_for_objects
+from typing import TYPE_CHECKING
+
+from ..client import BoefjeAPIClient
+from ..errors import APIError, ParseError
+from ..exit_codes import ExitCode
+from ..filters import TaskFilter
+from ..models import Task, TaskStatus
+from ..plugins import BoefjeRegistry
+from ..retry import RetryPolicy
+from . import worker as w
+from .backoff import ErrorBackoff, IdleBackoff, StartupGuard
+from .dedup import group_duplicates
+from .events import PoolEvents, PoolStats
+from .finalizer import Finalizer
+from .limits import overdue
+from .process import Assignment, OomCounter, WorkerHandle, describe_exit, spawn
+from .settings import PoolSettings
+from .signals import ShutdownSignals
+
+if TYPE_CHECKING:
+    from ..config import RuntimeConfig
+
+logger = logging.getLogger("boefje_runtime.pool")
+
+#: The supervisor retries briefly and then relies on its own back-off, so its loop never blocks
+#: for long on an unreachable API (workers keep the client's full retry policy).
+SUPERVISOR_RETRY = RetryPolicy(attempts=2, total_seconds=2.0, initial_wait=0.05, max_wait=0.5)
+
+#: After the drain, how long the supervisor keeps trying to close tasks on an unreachable API.
+FINALIZE_GRACE = 10.0
+
+NEW, RUNNING, DRAINING, STOPPED = "new", "running", "draining", "stopped"
+
+
+class WorkerPool:
+    """Runs boefje tasks popped from the Boefje API in a pool of worker processes.
+
+    ``run()`` blocks until SIGTERM/SIGINT (or, in burst mode, until the queue is empty) and
+    returns an exit code; ``start()``/``stop()`` run the same loop in a background thread for
+    tests and embedding programs; ``step()`` runs one iteration, with an injectable clock.
+    """
+
+    def __init__(
+        self,
+        client: BoefjeAPIClient,
+        task_filter: TaskFilter | None = None,
+        *,
+        registry: BoefjeRegistry | None = None,
+        plugin_dir: str | os.PathLike[str] | None = None,  # used when no registry is given
+        settings: PoolSettings | None = None,
+        listeners: Iterable[PoolEvents] = (),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings or PoolSettings()
+        self.client = client
+        self.task_filter = task_filter or TaskFilter()
+        self.registry = registry if registry is not None else BoefjeRegistry.discover(plugin_dir or ".")
+        self.stats = PoolStats()
+        self.listeners: list[PoolEvents] = [self.stats, *listeners]
+        self.workers: list[WorkerHandle] = []
+        self.exit_code = ExitCode.OK
+        self._clock = clock
+        self._api = client.clone(retry=SUPERVISOR_RETRY)
+        self._finalizer = Finalizer(self._api, self.settings.queue)
+        self._local: deque[list[Task]] = deque()
+        s = self.settings
+        self._idle = IdleBackoff(s.first_poll_wait, s.poll_interval, s.hot_window)
+        self._errors = ErrorBackoff(first=0.5, ceiling=s.max_error_backoff)
+        self._startup = StartupGuard()
+        self._oom = OomCounter()
+        self._signals = ShutdownSignals()
+        self._signals_seen = 0
+        self._stop_requests = 0
+        self._phase = NEW
+        self._next_pop = 0.0
+        self._popped = 0
+        self._drain_deadline = 0.0
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def from_config(cls, config: RuntimeConfig, *, registry: BoefjeRegistry | None = None) -> WorkerPool:
+        """Build a pool from the runtime configuration (what the CLI's worker mode does)."""
+        client = BoefjeAPIClient.from_config(config)
+        task_filter = TaskFilter(oci_images=[config.oci_image] if config.oci_image else [], plugins=config.plugins)
+        settings = PoolSettings(
+            pool_size=config.pool_size,
+            queue=config.queue,
+            poll_interval=config.poll_interval,
+            heartbeat=config.worker_heartbeat,
+            deduplicate=config.deduplicate,
+            task_timeout=config.task_timeout or None,
+            max_tasks_per_child=config.max_tasks_per_child or None,
+            max_memory_per_child=config.max_memory_per_child or None,
+            shutdown_timeout=config.shutdown_timeout,
+            prefetch=config.prefetch,
+            burst=config.burst,
+            max_tasks=config.max_tasks or None,
+            max_output_bytes=int(config.max_output_size * 2**20) if config.max_output_size else None,
+        )
+        if registry is None:
+            registry = BoefjeRegistry.discover(config.plugin_dir)
+        return cls(client, task_filter, registry=registry, settings=settings)
+
+    # -- driving the loop ------------------------------------------------------------------------
+
+    @property
+    def phase(self) -> str:
+        return self._phase
+
+    def run(self) -> int:
+        """Run until signalled (or, in burst mode, until the queue is empty); return the exit code."""
+        installed = self._signals.install()
+        try:
+            while self._phase != STOPPED:
+                timeout = self.step()
+                if self._phase != STOPPED:
+                    self._wait(timeout)
+        finally:
+            self._close()
+            if installed:
+                self._signals.uninstall()
+        return int(self.exit_code)
+
+    def start(self) -> WorkerPool:
+        """Run the loop in a background thread (no signal handlers); pair with :meth:`stop`."""
+        self._thread = threading.Thread(target=self.run, name="boefje-pool", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, *, immediate: bool = False, timeout: float | None = None) -> int:
+        """Ask for a graceful shutdown (``immediate`` skips the grace period) and wait for it."""
+        self.request_shutdown(immediate=immediate)
+        if self._thread is not None:
+            self._thread.join(timeout if timeout is not None else self.settings.shutdown_timeout + FINALIZE_GRACE + 5)
+        return int(self.exit_code)
+
+    def request_shutdown(self, *, immediate: bool = False) -> None:
+        """Thread-safe: the loop begins draining at its next step (a second request is immediate)."""
+        self._stop_requests += 2 if immediate else 1
+
+    def step(self, now: float | None = None) -> float:
+        """One iteration of the supervisor; returns how long the caller may wait before the next."""
+        now = self._clock() if now is None else now
+        if self._phase == NEW:
+            self._begin(now)
+        self._handle_shutdown_requests(now)
+        self._collect(now)
+        self._reap(now)
+        self._enforce_timeouts(now)
+        if self._finalizer.jobs:
+            self._finalizer.run(now)
+        if self._phase == RUNNING:
+            self._fill(now)
+            self._poll(now)
+            self._dispatch(now)
+        elif self._phase == DRAINING:
+            self._drain(now)
+        for listener in self.listeners:
+            listener.loop_turned(now)
+        return self._next_wait(now)
+
+    # -- the parts of a step ---------------------------------------------------------------------
+
+    def _begin(self, now: float) -> None:
+        self._phase = RUNNING
+        for problem in getattr(self.registry, "errors", ()):
+            logger.warning("Broken boefje plugin: %s", problem)
+        logger.info("Created worker pool for queue '%s'", self.settings.queue)
+        self._fill(now)
+
+    def _handle_shutdown_requests(self, now: float) -> None:
+        requests = self._signals.count + self._stop_requests
+        if requests <= self._signals_seen:
+            return
+        self._signals_seen = requests
+        if self._phase == RUNNING:
+            self._begin_shutdown(now, "a shutdown signal", immediate=requests >= 2)
+        elif self._phase == DRAINING and requests >= 2 and self._drain_deadline > now:
+            logger.warning("Second shutdown signal: stopping running tasks now")
+            self._drain_deadline = now
+
+    def _collect(self, now: float) -> None:
+        """Read every message the workers sent since the last step."""
+        for worker in self.workers:
+            try:
+                while worker.conn.poll():
+                    self._on_message(worker, worker.conn.recv(), now)
+            except (EOFError, OSError):
+                continue  # it died; _reap explains how
+
+    def _on_message(self, worker: WorkerHandle, message: tuple, now: float) -> None:
+        kind = message[0]
+        if kind == "ready":
+            worker.ready = True
+            self._startup.started()
+            logger.info("Started listening for tasks from worker pid=%d", worker.pid)
+            if self._phase == DRAINING:
+                worker.stop_sent = worker.send(("stop",))
+        elif kind == "done":
+            _, task_id, outcome, duration, unsettled = message
+            assignment, worker.assignment = worker.assignment, None
+            if assignment is None or assignment.task.id != task_id:
+                logger.error("Worker pid=%d reported task %s it was not given", worker.pid, task_id)
+                return
+            self._settle(assignment, outcome, unsettled, now)
+            for listener in self.listeners:
+                listener.task_finished(assignment.task.data.boefje.id, outcome, duration)
+            if self._phase == DRAINING and worker.idle:
+                worker.stop_sent = worker.send(("stop",))
+        elif kind == "retire":
+            worker.retiring = message[1]
+            logger.info("Worker pid=%d is being replaced: %s", worker.pid, message[1])
+
+    def _settle(self, assignment: Assignment, outcome: str, unsettled: list[str], now: float) -> None:
+        """Hand whatever the worker could not close to the finalizer."""
+        if outcome == w.LOST:
+            self._finalizer.fail(assignment.task, "the worker could not reach the Boefje API to close this task", now)
+            unsettled = [task.id for task in assignment.duplicates]
+        elif outcome == w.SKIPPED:
+            unsettled = [task.id for task in assignment.duplicates]
+        for duplicate in assignment.duplicates:
+            if duplicate.id in unsettled:
+                self._finalizer.requeue(duplicate, now)
+
+    def _reap(self, now: float) -> None:
+        """Remove workers that exited; explain how, and close the tasks they held."""
+        for worker in [worker for worker in self.workers if worker.exitcode is not None]:
+            self.workers.remove(worker)
+            self._collect_last_words(worker, now)
+            worker.conn.close()
+            code = worker.exitcode
+            how = describe_exit(code, oom_kills=self._oom.new_kills() if code is not None and code < 0 else 0)
+            if worker.assignment is not None:
+                task = worker.assignment.task
+                reason = worker.kill_reason or f"the worker process (pid {worker.pid}) {how} while running this task"
+                logger.error("Worker pid=%d %s while running task %s: %s", worker.pid, how, task.id, reason)
+                self._finalizer.fail(task, reason, now)
+                for duplicate in worker.assignment.duplicates:
+                    self._finalizer.requeue(duplicate, now)
+                for listener in self.listeners:
+                    listener.task_finished(task.data.boefje.id, w.FAILED, now - worker.assignment.started)
+                    listener.worker_exited("timeout" if worker.kill_reason else "died")
+            elif worker.retiring:
+                logger.info("Worker pid=%d retired (%s)", worker.pid, worker.retiring)
+                self._notify_exit("recycled")
+            elif worker.stop_sent:
+                logger.debug("Worker pid=%d stopped", worker.pid)
+            elif not worker.ready:
+                wait = self._startup.died_starting(now)
+                logger.error(
+                    "Worker pid=%d %s during start-up (%d in a row); next start in %.1f s",
+                    worker.pid, how, self._startup.failures, wait,
+                )
+                self._notify_exit("startup")
+            else:
+                logger.warning("Worker pid=%d %s while idle; replacing it", worker.pid, how)
+                self._notify_exit("died")
+
+    def _collect_last_words(self, worker: WorkerHandle, now: float) -> None:
+        """A worker may have reported "done" just before exiting: read that before judging it."""
+        try:
+            while worker.conn.poll():
+                self._on_message(worker, worker.conn.recv(), now)
+        except (EOFError, OSError):
+            pass
+
+    def _notify_exit(self, reason: str) -> None:
+        for listener in self.listeners:
+            listener.worker_exited(reason)
+
+    def _enforce_timeouts(self, now: float) -> None:
+        timeout = self.settings.task_timeout
+        for worker in overdue(self.workers, now, timeout):
+            task = worker.assignment.task if worker.assignment else None
+            logger.error("Task %s timed out after %g s; killing worker pid=%d", task and task.id, timeout, worker.pid)
+            worker.kill(f"timed out after {timeout:g} s")
+
+    def _fill(self, now: float) -> None:
+        """Keep ``pool_size`` workers that are not leaving; the start-up guard paces restarts."""
+        while sum(1 for worker in self.workers if not worker.retiring) < self.settings.pool_size:
+            if not self._startup.may_start(now):
+                return
+            self._spawn(now)
+            if self._startup.failures:
+                return  # after a start-up death, start one at a time until one comes up
+
+    def _spawn(self, now: float) -> None:
+        import multiprocessing
+
+        parent_end, child_end = multiprocessing.get_context("fork").Pipe()
+        foreign = [worker.conn.fileno() for worker in self.workers] + [parent_end.fileno()]
+        foreign += [fd for fd in (self._signals.wakeup_fd, self._signals._write_fd) if fd is not None]
+        spec = w.WorkerSpec(
+            client_factory=self.client.clone,
+            registry=self.registry,
+            max_output_bytes=self.settings.max_output_bytes,
+            max_tasks_per_child=self.settings.max_tasks_per_child,
+            max_memory_per_child=self.settings.max_memory_per_child,
+        )
+        process = spawn(w.worker_main, (child_end, spec, os.getpid(), foreign))
+        child_end.close()
+        self.workers.append(WorkerHandle(process, parent_end, now))
+
+    def _poll(self, now: float) -> None:
+        """Pop only for free workers (plus any prefetch), so tasks never wait on a busy container."""
+        if now < self._next_pop:
+            return
+        busy = any(worker.assignment for worker in self.workers)
+        want = sum(1 for worker in self.workers if worker.idle) + self.settings.prefetch - len(self._local)
+        if self.settings.max_tasks is not None:
+            left = self.settings.max_tasks - self._popped
+            if left <= 0:
+                if not busy and not self._local:
+                    self._begin_shutdown(now, f"the task limit ({self.settings.max_tasks}) was reached")
+                return
+            want = min(want, left)
+        if want <= 0:
+            return
+        try:
+            raw_tasks = self._api.pop_raw(self.settings.queue, self.task_filter, want)
+        except (APIError, ParseError) as exc:
+            wait = self._errors.failed()
+            self._next_pop = now + wait
+            logger.warning("Could not pop tasks: %s; next try in %.1f s", exc, wait)
+            for listener in self.listeners:
+                listener.api_error("pop")
+                listener.api_reachable(False, now)
+            return
+        self._errors.succeeded()
+        for listener in self.listeners:
+            listener.api_reachable(True, now)
+        if not raw_tasks:
+            if self.settings.burst and not busy and not self._local and not self._finalizer.jobs:
+                self._begin_shutdown(now, "burst mode: the queue is empty")
+            self._next_pop = now + self._idle.next_wait(now)
+            return
+        self._idle.got_work(now)
+        self._next_pop = now
+        self._popped += len(raw_tasks)
+        self._local.extend(group_duplicates(self._accept(raw_tasks), self.settings.deduplicate))
+
+    def _accept(self, raw_tasks: list) -> list[Task]:
+        """Parse popped tasks; a malformed one is reported and, when it has a usable id, marked failed."""
+        tasks = []
+        for index, item in enumerate(raw_tasks):
+            try:
+                tasks.append(Task.from_dict(item, f"pop[{index}]"))
+            except ParseError as exc:
+                task_id = item.get("id") if isinstance(item, dict) else None
+                logger.error("Malformed task in the pop answer: %s", exc)
+                if isinstance(task_id, str) and task_id:
+                    try:
+                        self._api.patch_status(task_id, TaskStatus.FAILED)
+                        logger.error("Marked malformed task %s failed", task_id)
+                    except APIError as patch_error:
+                        logger.error("Could not mark malformed task %s failed: %s", task_id, patch_error)
+        return tasks
+
+    def _dispatch(self, now: float) -> None:
+        idle = [worker for worker in self.workers if worker.idle]
+        while self._local and idle:
+            worker, group = idle.pop(0), self._local.popleft()
+            assignment = Assignment(group[0], group[1:], now)
+            if not worker.send(("task", assignment.task.raw, [task.raw for task in assignment.duplicates])):
+                self._local.appendleft(group)  # it died before it got the task; _reap replaces it
+                continue
+            worker.assignment = assignment
+            for listener in self.listeners:
+                listener.task_started(assignment.task.data.boefje.id)
+        if self.listeners:
+            busy = sum(1 for worker in self.workers if worker.assignment)
+            for listener in self.listeners:
+                listener.workers_changed(busy, len(self.workers) - busy)
+
+    # -- shutdown --------------------------------------------------------------------------------
+
+    def _begin_shutdown(self, now: float, why: str, immediate: bool = False) -> None:
+        """Stop popping; push back what no worker started; let running tasks finish within the grace."""
+        self._phase = DRAINING
+        grace = 0.0 if immediate else self.settings.shutdown_timeout
+        self._drain_deadline = now + grace
+        running = sum(1 for worker in self.workers if worker.assignment)
+        logger.info("Shutting down after %s: waiting up to %g s for %d running tasks", why, grace, running)
+        for listener in self.listeners:
+            listener.draining()
+        for group in self._local:
+            for task in group:
+                self._finalizer.push_back(task, now)
+        self._local.clear()
+        self._finalizer.run(now)
+
+    def _drain(self, now: float) -> None:
+        for worker in self.workers:
+            if worker.assignment is None and not worker.stop_sent and worker.retiring is None:
+                worker.stop_sent = worker.send(("stop",))
+            if worker.assignment is not None and now >= self._drain_deadline:
+                grace = self.settings.shutdown_timeout
+                worker.kill(f"the worker shut down before this task finished (killed after a {grace:g} s grace period)")
+        if self.workers:
+            return
+        if self._finalizer.jobs and now < self._drain_deadline + FINALIZE_GRACE:
+            return
+        if self._finalizer.jobs or self._finalizer.abandoned:
+            left = [job.task.id for job in self._finalizer.jobs] + self._finalizer.abandoned
+            logger.error("Stopped with %d tasks that could not be closed: %s", len(left), ", ".join(left))
+            self.exit_code = ExitCode.INTERNAL_ERROR
+        self._phase = STOPPED
+        logger.info("Worker pool stopped")
+
+    def _next_wait(self, now: float) -> float:
+        if self._phase == STOPPED:
+            return 0.0
+        deadlines = [now + self.settings.heartbeat]
+        if self._phase == RUNNING and any(worker.idle for worker in self.workers):
+            deadlines.append(self._next_pop)
+        if self._phase == DRAINING:
+            deadlines.append(self._drain_deadline)
+            deadlines.append(now + 0.05)
+        next_job = self._finalizer.next_due()
+        if next_job is not None:
+            deadlines.append(next_job)
+        if sum(1 for worker in self.workers if not worker.retiring) < self.settings.pool_size:
+            deadlines.append(max(self._startup.not_before, now + 0.01))
+        if self.settings.task_timeout:
+            deadlines += [
+                worker.assignment.started + self.settings.task_timeout
+                for worker in self.workers
+                if worker.assignment is not None
+            ]
+        return max(0.0, min(deadlines) - now)
+
+    def _wait(self, timeout: float) -> None:
+        """Sleep until a worker reports or exits, a signal arrives, or ``timeout`` passes."""
+        objects: list = [worker.conn for worker in self.workers] + [worker.process.sentinel for worker in self.workers]
+        if self._signals.wakeup_fd is not None:
+            objects.append(self._signals.wakeup_fd)
+        if self._stop_requests > self._signals_seen - self._signals.count:
+            return
+        wait_for_objects(objects, timeout)
+        self._signals.drain_wakeups()
+
+    def _close(self) -> None:
+        """Last resort on the way out (also after an exception): no worker outlives the pool."""
+        for worker in self.workers:
+            worker.kill("the supervisor is exiting")
+        for worker in self.workers:
+            worker.process.join(5)
+        self._api.close()
