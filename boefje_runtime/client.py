@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import requests
+from requests.structures import CaseInsensitiveDict
 
 from .errors import APIConnectionError, APIResponseError, APIStatusError
 from .filters import TaskFilter
@@ -45,16 +47,23 @@ class BoefjeAPIClient:
         retry: RetryPolicy | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        # Normalised once (IDNA, escaping), so URLs built from it below need no per-request parsing.
+        self.base_url = requests.Request("GET", base_url.rstrip("/")).prepare().url.rstrip("/")
         self.timeout = timeout
         self.max_response_bytes = max_response_bytes
         self.retry_policy = retry or RetryPolicy()
         self._retrying = {kind: self.retry_policy.retrying(kind) for kind in CallKind}
         self._headers = dict(headers or {})
         self._verify = verify
-        self.session = requests.Session()
-        self.session.verify = verify
-        self.session.headers.update(self._headers)
+        self.session = _make_session(self.base_url, verify, self._headers)
+        self._send_options = {
+            "timeout": timeout,
+            "stream": True,
+            "verify": self.session.verify,
+            "proxies": self.session.proxies,
+            "cert": None,
+            "allow_redirects": False,
+        }
 
     def clone(self, *, retry: RetryPolicy | None = None) -> BoefjeAPIClient:
         """A new client with the same settings and its own session (e.g. for a forked worker)."""
@@ -173,14 +182,7 @@ class BoefjeAPIClient:
         """One HTTP exchange: send, log, check the status, decode JSON within the size cap."""
         data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
         try:
-            response = self.session.request(
-                method,
-                url,
-                data=data,
-                headers=_JSON_HEADERS if data is not None else None,
-                timeout=self.timeout,
-                stream=True,
-            )
+            response = self.session.send(self._prepare(method, url, data), **self._send_options)
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise APIConnectionError(
                 f"{method} {url} failed: {_reason(exc)}", method=method, url=url, sent=not _never_sent(exc)
@@ -204,6 +206,23 @@ class BoefjeAPIClient:
                 status_code=response.status_code,
             ) from None
 
+    def _prepare(self, method: str, url: str, data: bytes | None) -> requests.PreparedRequest:
+        """Build the request directly: ``Session.request`` re-merges every session setting on each
+        call, about a third of requests' CPU per call. URLs under ``base_url`` are already normalised;
+        others (a one-shot input's ``output_url``) go through requests' own URL preparation."""
+        prepared = requests.PreparedRequest()
+        prepared.method = method
+        if url.startswith(self.base_url + "/"):
+            prepared.url = url
+        else:
+            prepared.prepare_url(url, None)
+        prepared.headers = CaseInsensitiveDict(self.session.headers)
+        if data is not None:
+            prepared.headers.update(_JSON_HEADERS)
+            prepared.headers["Content-Length"] = str(len(data))
+        prepared.body = data
+        return prepared
+
     def _read(self, response: requests.Response, method: str, url: str) -> bytes:
         """Read the body, refusing to hold more than ``max_response_bytes`` in memory."""
         declared = response.headers.get("Content-Length")
@@ -226,6 +245,24 @@ class BoefjeAPIClient:
             raise APIConnectionError(
                 f"{method} {url} failed while reading the answer: {_reason(exc)}", method=method, url=url
             ) from None
+
+
+def _make_session(base_url: str, verify: bool | str, headers: Mapping[str, str]) -> requests.Session:
+    """A session that reads the environment once, here, instead of on every request.
+
+    With ``trust_env`` on, requests scans every environment variable for proxy settings on each
+    call (0.2 to 0.4 ms a request with a typical container environment: more than the rest of our
+    per-task work). We resolve the same settings once: proxies (``HTTP(S)_PROXY``/``NO_PROXY``)
+    for this API's URL, and ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` when verification is on.
+    """
+    session = requests.Session()
+    session.trust_env = False
+    session.proxies.update(requests.utils.get_environ_proxies(base_url))
+    if verify is True:
+        verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+    session.verify = verify
+    session.headers.update(headers)
+    return session
 
 
 def _never_sent(exc: requests.RequestException) -> bool:
