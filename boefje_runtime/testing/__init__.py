@@ -1,0 +1,45 @@
+"""The test Boefje API: a real HTTP server with OpenKAT's semantics, a task factory and a pytest fixture.
+
+A first-class product, like dramatiq's ``StubBroker``: the test-suite, the benchmarks and users
+(``python -m boefje_runtime.testing --port 8000 --seed-examples``) all run workers against it.
+Runtime code never imports this package. Names are imported lazily so the ``pytest11`` plugin,
+loaded into every pytest run where boefje-runtime is installed, costs nothing until used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "BoefjeAPIServer": "server",
+    "Fault": "server",
+    "RequestRecord": "server",
+    "ENDPOINTS": "server",
+    "POP_MODES": "server",
+    "make_task": "factory",
+    "example_tasks": "factory",
+    "EXAMPLE_BOEFJE_IDS": "factory",
+    "EXAMPLE_OCI_IMAGE": "factory",
+    "EXAMPLE_INPUT_OOI": "factory",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'boefje_runtime.testing' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:
+    from .factory import EXAMPLE_BOEFJE_IDS, EXAMPLE_INPUT_OOI, EXAMPLE_OCI_IMAGE, example_tasks, make_task  # noqa: F401
+    from .server import ENDPOINTS, POP_MODES, BoefjeAPIServer, Fault, RequestRecord  # noqa: F401
