@@ -1,0 +1,248 @@
+"""One-shot mode: GET the task at an input URL, run its boefje, POST the output, return an exit code.
+
+This is what OpenKAT's ``<image> INPUT_URL`` does. The exit code says what happened
+(:class:`~boefje_runtime.exit_codes.ExitCode`): OK once the output is delivered, whatever the
+boefje's own status, and a distinct code for each way it can go wrong, with exactly one error line
+naming the URL and the reason (no traceback: an operator reads it in ``docker logs``).
+
+Where the output may go: only to the input URL's ``scheme://host:port`` (default ports made
+explicit), unless ``allow_foreign_output`` is set. The input is not ours to trust: a forged one
+must not turn the worker into a request forwarder that posts scan results, with our API headers,
+to any host it names. The check runs before the boefje does, so a forged input costs no scan.
+API headers are only ever sent to the input URL's origin and to ``BOEFJES_API``'s.
+
+No task left running (protocol.md): when the boefje is not in this image (or its plugin is
+broken) we still post a FAILED output with an ``error/boefje`` file saying so, because the API
+would otherwise keep the task ``running`` forever; the exit code is still BOEFJE_NOT_FOUND, so
+the orchestrator sees the image was wrong. A *malformed* input gets no output: what it says
+(``output_url``, the task id) is exactly what we could not validate, so there is nowhere we can
+trust to post to.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import ExitStack
+from urllib.parse import urljoin, urlsplit
+
+from .client import BoefjeAPIClient
+from .config import RuntimeConfig
+from .errors import APIError, APIResponseError, BoefjeNotFound, ParseError, PluginError
+from .execution import execute, failure_output
+from .exit_codes import ExitCode
+from .logs import log_context, secret_values
+from .models import BoefjeInput, BoefjeOutput, Task
+from .plugins import Boefje, BoefjeRegistry
+
+logger = logging.getLogger("boefje_runtime.oneshot")
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin(url: str) -> tuple[str, str, int]:
+    """``(scheme, host, port)`` of an http(s) URL, lower-cased, with the default port filled in and
+    a trailing dot dropped, so ``HTTP://Boefje:80/`` and ``http://boefje/`` compare equal.
+
+    Raises ``ValueError`` for anything that is not an absolute http(s) URL.
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+        raise ValueError(f"{url!r} is not an absolute http(s) URL")
+    port = parts.port  # ValueError for a port that is not a number in range
+    return scheme, parts.hostname.rstrip("."), port if port is not None else _DEFAULT_PORTS[scheme]
+
+
+def _origin_text(url: str) -> str:
+    scheme, host, port = origin(url)
+    return f"{scheme}://{host}:{port}"
+
+
+def _one_line(text: str) -> str:
+    """Collapse whitespace: the error line must stay one line whatever a server answered."""
+    return " ".join(str(text).split())
+
+
+def _reason(exc: APIError) -> str:
+    """The error's message without the ``METHOD URL`` prefix the client puts first (the line names the URL)."""
+    text = str(exc)
+    prefix = f"{exc.method} {exc.url} "
+    if text.startswith(prefix):
+        text = text[len(prefix):]
+        if text.startswith("failed: "):
+            text = text[len("failed: "):]
+        elif text.startswith("answered "):
+            text = "the server " + text
+    return _one_line(text)
+
+
+class _Failure(Exception):
+    """Ends the run with ``code``; ``line`` is the one error line to log."""
+
+    def __init__(self, code: ExitCode, line: str) -> None:
+        super().__init__(line)
+        self.code = code
+        self.line = line
+
+
+def run_oneshot(input_url: str, config: RuntimeConfig, *, registry: BoefjeRegistry | None = None) -> ExitCode:
+    """Run the task at ``input_url`` and deliver its output; never raises (bar KeyboardInterrupt).
+
+    ``registry`` defaults to the boefjes found under ``config.plugin_dir``. From the moment the
+    task is known, every log line carries its id and masks its environment's values (the
+    organisation's credentials), the final error line included.
+    """
+    with secret_values(config.api_headers.values()), _OneShot(input_url, config, registry) as run:
+        try:
+            return run.run()
+        except _Failure as failure:
+            logger.error(_one_line(failure.line))
+            return failure.code
+        except Exception as exc:  # a bug of ours: still one line, and the task closed if we can
+            logger.debug("Internal error", exc_info=True)
+            line = f"Internal error running {input_url}: {type(exc).__name__}: {exc}"
+            logger.error(_one_line(line + run.close_after_internal_error(line)))
+            return ExitCode.INTERNAL_ERROR
+
+
+class _OneShot:
+    """One one-shot run; a class only so the steps share the clients, the task and its log context."""
+
+    def __init__(self, input_url: str, config: RuntimeConfig, registry: BoefjeRegistry | None) -> None:
+        self.input_url = input_url
+        self.config = config
+        self.registry = registry
+        self.task: Task | None = None
+        self.output_url: str | None = None
+        self.delivered = False
+        self._clients: dict[tuple[str, str, int], BoefjeAPIClient] = {}
+        self._scope = ExitStack()  # the task's log context and secrets, until the run's last line
+
+    def __enter__(self) -> _OneShot:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._scope.close()
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
+
+    # -- steps ----------------------------------------------------------------------------------
+
+    def run(self) -> ExitCode:
+        boefje_input = self.fetch_input()
+        task = self.task = boefje_input.task
+        meta = task.data
+        self._scope.enter_context(secret_values((meta.environment or {}).values()))
+        self._scope.enter_context(
+            log_context(task_id=task.id, boefje_id=meta.boefje.id, organisation=meta.organization)
+        )
+
+        self.output_url = self.check_output_url(boefje_input.output_url)
+        boefje = self.find_boefje(task)
+        raw = task.raw.get("data") if task.raw is not None else None
+        result = execute(
+            boefje, raw if isinstance(raw, dict) else meta.to_dict(), max_output_bytes=self.config.max_output_bytes
+        )
+        logger.info(
+            "Boefje %s finished: %s, %d file(s) in %.3f s%s",
+            meta.boefje.id, result.output.status.value, len(result.output.files), result.duration,
+            f" ({result.error})" if result.error else "",
+        )
+        try:
+            self.deliver(result.output)
+        except APIError as exc:
+            raise _Failure(
+                ExitCode.OUTPUT_UNDELIVERABLE,
+                f"Cannot deliver the output of task {task.id} to {self.output_url}: {_reason(exc)}",
+            ) from None
+        logger.info("Delivered the output of task %s to %s", task.id, self.output_url)
+        return ExitCode.OK
+
+    def fetch_input(self) -> BoefjeInput:
+        url = self.input_url
+        try:
+            client = self.client(url)
+        except ValueError as exc:
+            raise _Failure(ExitCode.INPUT_UNAVAILABLE, f"Cannot fetch input from {url}: {exc}") from None
+        try:
+            return client.fetch_input(url)
+        except ParseError as exc:
+            raise _Failure(ExitCode.INPUT_MALFORMED, f"Input from {url} is not a valid task: {exc}") from None
+        except APIResponseError as exc:
+            raise _Failure(ExitCode.INPUT_MALFORMED, f"Input from {url} is not a valid task: {_reason(exc)}") from None
+        except APIError as exc:
+            raise _Failure(ExitCode.INPUT_UNAVAILABLE, f"Cannot fetch input from {url}: {_reason(exc)}") from None
+
+    def check_output_url(self, output_url: str) -> str:
+        """The absolute output URL, refused unless it is on the input URL's origin (or that is allowed)."""
+        url = urljoin(self.input_url, output_url)  # a relative output_url stays on the input's origin
+        try:
+            same = origin(url) == origin(self.input_url)
+        except ValueError as exc:
+            raise _Failure(ExitCode.OUTPUT_UNDELIVERABLE, f"Refusing output URL {url}: {exc}") from None
+        if not same and not self.config.allow_foreign_output:
+            raise _Failure(
+                ExitCode.OUTPUT_UNDELIVERABLE,
+                f"Refusing to post the output of task {self.task.id if self.task else '?'} to {url}: not the "
+                f"origin of the input URL ({_origin_text(self.input_url)}); set ALLOW_FOREIGN_OUTPUT=true "
+                "(--allow-foreign-output) to allow it",
+            )
+        return url
+
+    def find_boefje(self, task: Task) -> Boefje:
+        ref = task.data.boefje
+        try:
+            registry = self.registry if self.registry is not None else BoefjeRegistry.discover(self.config.plugin_dir)
+            boefje = registry.find(ref.id, oci_image=ref.oci_image)
+            # Import now: a plugin that cannot be imported is "not in this image" for the exit
+            # code, rather than a boefje failure reported as exit 0.
+            boefje.load()
+            return boefje
+        except (BoefjeNotFound, PluginError) as exc:
+            reason = _one_line(str(exc))
+            line = f"Cannot run task {task.id} from {self.input_url}: {reason}"
+            output = failure_output(ref.id, ref.version, f"boefje-runtime could not run this task: {reason}")
+            raise _Failure(ExitCode.BOEFJE_NOT_FOUND, line + self._try_close(output)) from None
+
+    def deliver(self, output: BoefjeOutput) -> None:
+        assert self.output_url is not None
+        self.client(self.output_url).deliver_output(self.output_url, output)
+        self.delivered = True
+
+    # -- closing a task that cannot run ---------------------------------------------------------
+
+    def _try_close(self, output: BoefjeOutput) -> str:
+        """Post a FAILED output so the task is not left running; returns what to add to the error line."""
+        try:
+            self.deliver(output)
+        except APIError as exc:
+            return f"; marking the task failed did not work either: {_reason(exc)}"
+        return "; the task was marked failed"
+
+    def close_after_internal_error(self, line: str) -> str:
+        if self.task is None or self.output_url is None or self.delivered:
+            return ""
+        ref = self.task.data.boefje
+        return self._try_close(failure_output(ref.id, ref.version, line, secrets=self.task.data.environment))
+
+    # -- clients --------------------------------------------------------------------------------
+
+    def client(self, url: str) -> BoefjeAPIClient:
+        """A client for ``url``'s origin. API headers go to the input's and BOEFJES_API's origins only."""
+        key = origin(url)
+        client = self._clients.get(key)
+        if client is None:
+            trusted = {origin(self.input_url)}
+            if self.config.boefjes_api:
+                trusted.add(origin(self.config.boefjes_api))
+            scheme, host, port = key
+            client = self._clients[key] = BoefjeAPIClient(
+                f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}",
+                timeout=self.config.outgoing_request_timeout,
+                headers=self.config.api_headers if key in trusted else None,
+            )
+        return client
+
+
+__all__ = ["origin", "run_oneshot"]

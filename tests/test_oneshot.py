@@ -1,0 +1,488 @@
+"""One-shot mode end to end: the real CLI as a subprocess against the test Boefje API.
+
+Each test plants boefjes in OpenKAT's layout (``boefje.json`` + ``main.py``) under ``tmp_path``,
+puts a task on the test API, sets it running (the input endpoint answers 403 otherwise) and runs
+``boefje-worker INPUT_URL``, then checks the exit code, stderr and what the API received.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import requests
+
+from boefje_runtime.config import SETTINGS, RuntimeConfig
+from boefje_runtime.exit_codes import ExitCode
+from boefje_runtime.oneshot import origin, run_oneshot
+from boefje_runtime.testing import BoefjeAPIServer, make_task
+
+CLI = [sys.executable, "-m", "boefje_runtime_cli"]
+OUR_ENV = {setting.env for setting in SETTINGS}
+SECRET = "planted-s3cr3t-9f2c"
+
+BOEFJES = {
+    "hello": """
+        def run(boefje_meta):
+            return [({"text/plain", "openkat/hello", "x"}, "hello " + boefje_meta["input_ooi"])]
+    """,
+    "raiser": """
+        def run(boefje_meta):
+            raise RuntimeError("the scan broke")
+    """,
+    "empty": """
+        def run(boefje_meta):
+            return []
+    """,
+    "wrong_shape": """
+        def run(boefje_meta):
+            return "not a list of (tags, content) pairs"
+    """,
+    "env_reader": """
+        import json
+        import os
+
+        def run(boefje_meta):
+            names = ("TASK_ONLY", "PARENT_ONLY", "BOTH")
+            seen = {name: os.environ.get(name) for name in names}
+            return [({"application/json"}, json.dumps({"seen": seen, "meta_env": boefje_meta["environment"]}))]
+    """,
+    "leaker": """
+        import logging
+        import os
+
+        def run(boefje_meta):
+            token = os.environ["API_TOKEN"]
+            logging.getLogger("leaker").warning("using token %s", token)
+            raise ValueError(f"token {token!r} was refused")
+    """,
+    "broken": """
+        raise ImportError("this plugin cannot be imported")
+    """,
+}
+
+
+@pytest.fixture
+def plugin_dir(tmp_path: Path) -> Path:
+    root = tmp_path / "plugins"
+    for name, code in BOEFJES.items():
+        folder = root / f"boefje_{name}"
+        folder.mkdir(parents=True)
+        meta = {"id": name.replace("_", "-"), "name": name, "oci_image": f"test/{name}:latest"}
+        (folder / "boefje.json").write_text(json.dumps(meta))
+        (folder / "main.py").write_text(textwrap.dedent(code))
+    return root
+
+
+@pytest.fixture
+def api():
+    with BoefjeAPIServer() as server:
+        yield server
+
+
+def running_task(api: BoefjeAPIServer, boefje_id: str, **kwargs) -> str:
+    """Enqueue a task and set it running, as OpenKAT does before it starts a one-shot container."""
+    task_id = api.enqueue(make_task(boefje_id, **kwargs))
+    answer = requests.patch(f"{api.url}/api/v0/scheduler/tasks/{task_id}", json={"status": "running"}, timeout=10)
+    answer.raise_for_status()
+    return task_id
+
+
+def input_url(api: BoefjeAPIServer, task_id: str) -> str:
+    return f"{api.url}/api/v0/tasks/{task_id}"
+
+
+def run_cli(url: str, plugin_dir: Path, *args: str, env: dict[str, str] | None = None,
+            timeout: float = 90) -> subprocess.CompletedProcess:
+    environ = {key: value for key, value in os.environ.items() if key not in OUR_ENV}
+    environ.update(env or {})
+    return subprocess.run(
+        [*CLI, "--plugin-dir", str(plugin_dir), *args, url],
+        capture_output=True, text=True, env=environ, timeout=timeout,
+    )
+
+
+def error_line(result: subprocess.CompletedProcess) -> str:
+    """The one error line a failure must print; no traceback anywhere."""
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if "[error]" in line]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def contents(files: list[dict]) -> list[bytes]:
+    return [item["content"] for item in files]
+
+
+# -- the boefje's outcome does not decide the exit code -------------------------------------------
+
+
+def test_success_delivers_the_output_and_exits_ok(api, plugin_dir):
+    task_id = running_task(api, "hello", input_ooi="Hostname|internet|example.com")
+    result = run_cli(input_url(api, task_id), plugin_dir)
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert api.status(task_id) == "completed"
+    (file,) = api.files(task_id)
+    assert file["content"] == b"hello Hostname|internet|example.com"
+    assert file["name"] == "0"
+    assert set(file["tags"]) == {"text/plain", "openkat/hello", "boefje/hello"}
+    assert "[error]" not in result.stderr
+    assert f'HTTP Request: POST {input_url(api, task_id)} "HTTP/1.1 200 OK"' in result.stderr
+    assert result.stdout == ""
+
+
+def test_boefje_exception_posts_failed_with_the_traceback_and_exits_ok(api, plugin_dir):
+    task_id = running_task(api, "raiser")
+    result = run_cli(input_url(api, task_id), plugin_dir)
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert api.status(task_id) == "failed"
+    (file,) = api.files(task_id)
+    assert "error/boefje" in file["tags"]
+    assert b"RuntimeError: the scan broke" in file["content"]
+    assert b"Traceback" in file["content"]
+
+
+def test_empty_result_still_closes_the_task(api, plugin_dir):
+    task_id = running_task(api, "empty")
+    result = run_cli(input_url(api, task_id), plugin_dir)
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert api.status(task_id) == "completed"
+    assert api.files(task_id) == []
+    assert len(api.outputs(task_id)) == 1
+
+
+def test_wrong_return_shape_fails_the_task_and_exits_ok(api, plugin_dir):
+    task_id = running_task(api, "wrong-shape")
+    result = run_cli(input_url(api, task_id), plugin_dir)
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert api.status(task_id) == "failed"
+    (file,) = api.files(task_id)
+    assert "error/boefje" in file["tags"]
+    assert b"invalid result" in file["content"]
+
+
+def test_the_task_environment_is_visible_to_the_boefje_over_the_process_environment(api, plugin_dir):
+    task_id = running_task(api, "env-reader", environment={"TASK_ONLY": "from-task", "BOTH": "task-wins"})
+    result = run_cli(input_url(api, task_id), plugin_dir, env={"PARENT_ONLY": "from-parent", "BOTH": "parent"})
+    assert result.returncode == ExitCode.OK, result.stderr
+    (file,) = api.files(task_id)
+    answer = json.loads(file["content"])
+    assert answer["seen"] == {"TASK_ONLY": "from-task", "PARENT_ONLY": "from-parent", "BOTH": "task-wins"}
+    assert answer["meta_env"] == {"TASK_ONLY": "from-task", "BOTH": "task-wins"}
+
+
+def test_environment_is_restored_after_the_run(api, plugin_dir):
+    """In-process: after run_oneshot, the task's variables are gone from os.environ again."""
+    task_id = running_task(api, "env-reader", environment={"TASK_ONLY": "from-task"})
+    os.environ.pop("TASK_ONLY", None)
+    config = RuntimeConfig(plugin_dir=str(plugin_dir))
+    assert run_oneshot(input_url(api, task_id), config) == ExitCode.OK
+    assert "TASK_ONLY" not in os.environ
+    assert api.status(task_id) == "completed"
+
+
+# -- the input --------------------------------------------------------------------------------
+
+
+def test_input_403_when_the_task_is_not_running(api, plugin_dir):
+    task_id = api.enqueue(make_task("hello"))  # queued, not running
+    url = input_url(api, task_id)
+    result = run_cli(url, plugin_dir)
+    assert result.returncode == ExitCode.INPUT_UNAVAILABLE
+    line = error_line(result)
+    assert url in line and "403" in line
+    assert api.status(task_id) == "queued"
+
+
+def test_input_404_for_an_unknown_task(api, plugin_dir):
+    url = input_url(api, "00000000-0000-0000-0000-000000000000")
+    result = run_cli(url, plugin_dir)
+    assert result.returncode == ExitCode.INPUT_UNAVAILABLE
+    line = error_line(result)
+    assert url in line and "404" in line
+
+
+def test_input_5xx_after_retries(api, plugin_dir):
+    task_id = running_task(api, "hello")
+    api.inject("input", status=503, times=None)
+    url = input_url(api, task_id)
+    result = run_cli(url, plugin_dir)
+    assert result.returncode == ExitCode.INPUT_UNAVAILABLE
+    assert "503" in error_line(result)
+    assert api.request_counts().get("input", 0) > 1  # retried before giving up
+    assert api.status(task_id) == "running"
+
+
+def test_input_unreachable(plugin_dir):
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/api/v0/tasks/abc"
+    result = run_cli(url, plugin_dir, "--outgoing-request-timeout", "2")
+    assert result.returncode == ExitCode.INPUT_UNAVAILABLE
+    assert url in error_line(result)
+
+
+def test_input_that_is_not_json_is_malformed(api, plugin_dir):
+    task_id = running_task(api, "hello")
+    api.inject("input", malformed=True)
+    url = input_url(api, task_id)
+    result = run_cli(url, plugin_dir)
+    assert result.returncode == ExitCode.INPUT_MALFORMED
+    assert url in error_line(result)
+    assert api.outputs(task_id) == []
+
+
+def test_input_that_is_not_a_task_is_malformed_and_names_the_field(api, plugin_dir):
+    task_id = running_task(api, "hello")
+    task = api.task(task_id)
+    del task["data"]["boefje"]["id"]
+    api.inject("input", body=json.dumps({"task": task, "output_url": input_url(api, task_id)}))
+    result = run_cli(input_url(api, task_id), plugin_dir)
+    assert result.returncode == ExitCode.INPUT_MALFORMED
+    line = error_line(result)
+    assert "input.task.data.boefje.id" in line
+    assert api.outputs(task_id) == []  # nothing posted on the word of an input we could not validate
+
+
+# -- the boefje -------------------------------------------------------------------------------
+
+
+def test_unknown_boefje_exits_not_found_and_marks_the_task_failed(api, plugin_dir):
+    task_id = running_task(api, "no-such-boefje", oci_image="test/nothing:latest")
+    result = run_cli(input_url(api, task_id), plugin_dir)
+    assert result.returncode == ExitCode.BOEFJE_NOT_FOUND
+    line = error_line(result)
+    assert "no-such-boefje" in line and input_url(api, task_id) in line
+    assert api.status(task_id) == "failed"  # not left running
+    (file,) = api.files(task_id)
+    assert "error/boefje" in file["tags"]
+    assert b"no-such-boefje" in file["content"]
+
+
+def test_broken_plugin_exits_not_found_and_marks_the_task_failed(api, plugin_dir):
+    task_id = running_task(api, "broken")
+    result = run_cli(input_url(api, task_id), plugin_dir)
+    assert result.returncode == ExitCode.BOEFJE_NOT_FOUND
+    assert "broken" in error_line(result)
+    assert api.status(task_id) == "failed"
+
+
+def test_boefje_found_by_oci_image_when_the_id_is_unknown(api, plugin_dir):
+    task_id = running_task(api, "hello-renamed", oci_image="test/hello:latest")
+    result = run_cli(input_url(api, task_id), plugin_dir)
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert api.status(task_id) == "completed"
+
+
+# -- the output -------------------------------------------------------------------------------
+
+
+def test_output_post_failing_exits_undeliverable(api, plugin_dir):
+    task_id = running_task(api, "hello")
+    api.inject("output", status=500, times=None)
+    result = run_cli(input_url(api, task_id), plugin_dir)
+    assert result.returncode == ExitCode.OUTPUT_UNDELIVERABLE
+    line = error_line(result)
+    assert input_url(api, task_id) in line and "500" in line
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    """A stand-in for a host a forged input points at: records requests, answers 200 ``{}``."""
+
+    requests: list[dict] = []
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        type(self).requests.append({"path": self.path, "headers": dict(self.headers),
+                                    "body": json.loads(self.rfile.read(length) or b"null")})
+        body = b"{}"
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def foreign_host():
+    """A second HTTP server on another port: another origin than the test API."""
+    handler = type("Recorder", (_Recorder,), {"requests": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield server, handler.requests
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def forge_output_url(api: BoefjeAPIServer, task_id: str, output_url: str) -> None:
+    api.inject("input", body=json.dumps({"task": api.task(task_id), "output_url": output_url}))
+
+
+def test_output_url_on_another_origin_is_refused_before_the_boefje_runs(api, plugin_dir, foreign_host):
+    server, received = foreign_host
+    task_id = running_task(api, "hello")
+    foreign = f"http://127.0.0.1:{server.server_address[1]}/collect"
+    forge_output_url(api, task_id, foreign)
+    result = run_cli(input_url(api, task_id), plugin_dir, "--api-header", "Authorization: Bearer api-token-123")
+    assert result.returncode == ExitCode.OUTPUT_UNDELIVERABLE
+    line = error_line(result)
+    assert foreign in line and "ALLOW_FOREIGN_OUTPUT" in line
+    assert received == []
+    assert "Boefje hello finished" not in result.stderr  # refused before running
+    assert api.status(task_id) == "running" and api.outputs(task_id) == []
+
+
+def test_another_host_name_for_the_same_address_is_another_origin(api, plugin_dir):
+    task_id = running_task(api, "hello")
+    forge_output_url(api, task_id, f"http://localhost:{api.port}/api/v0/tasks/{task_id}")
+    result = run_cli(input_url(api, task_id), plugin_dir)
+    assert result.returncode == ExitCode.OUTPUT_UNDELIVERABLE
+    assert api.outputs(task_id) == []
+
+
+def test_foreign_output_when_allowed_gets_no_api_headers(api, plugin_dir, foreign_host):
+    server, received = foreign_host
+    task_id = running_task(api, "hello")
+    forge_output_url(api, task_id, f"http://127.0.0.1:{server.server_address[1]}/collect")
+    result = run_cli(input_url(api, task_id), plugin_dir, "--allow-foreign-output",
+                     "--api-header", "Authorization: Bearer api-token-123")
+    assert result.returncode == ExitCode.OK, result.stderr
+    (request,) = received
+    assert request["path"] == "/collect"
+    assert request["body"]["status"] == "COMPLETED"
+    assert "Authorization" not in request["headers"]
+    assert "api-token-123" not in result.stderr
+
+
+def test_same_origin_with_default_port_spelled_differently_is_accepted(api, plugin_dir):
+    task_id = running_task(api, "hello")
+    forge_output_url(api, task_id, f"HTTP://127.0.0.1:{api.port}/api/v0/tasks/{task_id}")
+    result = run_cli(input_url(api, task_id), plugin_dir)
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert api.status(task_id) == "completed"
+
+
+def test_relative_output_url_is_resolved_against_the_input_url(api, plugin_dir):
+    task_id = running_task(api, "hello")
+    forge_output_url(api, task_id, f"/api/v0/tasks/{task_id}")
+    result = run_cli(input_url(api, task_id), plugin_dir)
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert api.status(task_id) == "completed"
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "same"),
+    [
+        ("http://boefje:8000/a", "http://BOEFJE:8000/b", True),
+        ("http://boefje/a", "http://boefje:80/b", True),
+        ("https://boefje/a", "https://boefje:443/b", True),
+        ("http://boefje/a", "https://boefje/a", False),
+        ("http://boefje:8000/a", "http://boefje:8001/a", False),
+        ("http://boefje:8000/a", "http://boefje:8000@evil.example/a", False),
+        ("http://boefje./a", "http://boefje/a", True),
+        ("http://[::1]:8000/a", "http://[::1]:8000/b", True),
+    ],
+)
+def test_origin_normalises_case_and_default_ports(first, second, same):
+    assert (origin(first) == origin(second)) is same
+
+
+@pytest.mark.parametrize("url", ["ftp://boefje/x", "/api/v0/tasks/1", "http:///x", "http://boefje:notaport/x"])
+def test_origin_refuses_what_is_not_an_http_url(url):
+    with pytest.raises(ValueError):
+        origin(url)
+
+
+# -- logs -------------------------------------------------------------------------------------
+
+
+def test_json_log_lines_parse_and_carry_the_task_id(api, plugin_dir):
+    task_id = running_task(api, "hello")
+    result = run_cli(input_url(api, task_id), plugin_dir, "--logging-format", "json")
+    assert result.returncode == ExitCode.OK, result.stderr
+    lines = [json.loads(line) for line in result.stderr.splitlines()]
+    assert lines, "expected log lines"
+    assert all({"timestamp", "level", "logger", "message", "pid"} <= set(line) for line in lines)
+    after_input = lines[1:]  # the first line is the GET of the input, before the task is known
+    assert after_input and all(line.get("task_id") == task_id for line in after_input)
+    assert any(line["message"].startswith("Boefje hello finished") for line in after_input)
+
+
+def test_json_error_line_carries_the_task_id(api, plugin_dir):
+    task_id = running_task(api, "no-such-boefje")
+    result = run_cli(input_url(api, task_id), plugin_dir, "--logging-format", "json")
+    assert result.returncode == ExitCode.BOEFJE_NOT_FOUND
+    errors = [json.loads(line) for line in result.stderr.splitlines() if '"level": "error"' in line]
+    assert len(errors) == 1 and errors[0]["task_id"] == task_id
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_planted_secret_never_reaches_stdout_or_stderr(api, plugin_dir, fmt):
+    task_id = running_task(api, "leaker", environment={"API_TOKEN": SECRET})
+    result = run_cli(input_url(api, task_id), plugin_dir, "--logging-format", fmt, "--log-level", "DEBUG")
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert SECRET not in result.stdout
+    assert SECRET not in result.stderr
+    assert "using token ***" in (result.stderr if fmt == "text" else result.stderr.replace('\\"', '"'))
+    (file,) = api.files(task_id)
+    assert SECRET.encode() not in file["content"]  # the error file is redacted too
+    assert SECRET not in base64.b64encode(file["content"]).decode()
+
+
+def test_api_header_values_never_reach_the_logs(api, plugin_dir):
+    task_id = running_task(api, "hello")
+    result = run_cli(input_url(api, task_id), plugin_dir, "--log-level", "DEBUG",
+                     env={"BOEFJES_API_HEADERS": "Authorization: Bearer header-s3cr3t-77"})
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert "header-s3cr3t-77" not in result.stderr + result.stdout
+
+
+# -- as a library -----------------------------------------------------------------------------
+
+
+def test_run_oneshot_with_a_registered_callable(api):
+    from boefje_runtime.plugins import BoefjeRegistry
+
+    registry = BoefjeRegistry()
+    registry.register("inline", lambda meta: [({"text/plain"}, f"ran {meta['boefje']['id']}")])
+    task_id = running_task(api, "inline")
+    assert run_oneshot(input_url(api, task_id), RuntimeConfig(), registry=registry) == ExitCode.OK
+    assert contents(api.files(task_id)) == [b"ran inline"]
+
+
+def test_an_internal_error_is_one_line_and_still_closes_the_task(api, caplog):
+    class Exploding:
+        def find(self, boefje_id, oci_image=None):
+            raise RuntimeError("a bug in the runtime")
+
+    task_id = running_task(api, "hello")
+    with caplog.at_level("INFO"):
+        code = run_oneshot(input_url(api, task_id), RuntimeConfig(), registry=Exploding())
+    assert code == ExitCode.INTERNAL_ERROR
+    errors = [record for record in caplog.records if record.levelname == "ERROR"]
+    assert len(errors) == 1
+    message = errors[0].getMessage()
+    assert "\n" not in message and "a bug in the runtime" in message and "marked failed" in message
+    assert api.status(task_id) == "failed"
+
+
+def test_a_bad_input_url_is_input_unavailable(caplog):
+    with caplog.at_level("ERROR"):
+        assert run_oneshot("ftp://boefje/api/v0/tasks/1", RuntimeConfig()) == ExitCode.INPUT_UNAVAILABLE
+    assert "ftp://boefje/api/v0/tasks/1" in caplog.text
