@@ -214,8 +214,11 @@ class WorkerPool:
             if self._phase == DRAINING:
                 worker.stop_sent = worker.send(("stop",))
         elif kind == "done":
-            _, task_id, outcome, duration, unsettled = message
+            _, task_id, outcome, duration, unsettled, retiring = message
             assignment, worker.assignment = worker.assignment, None
+            if retiring:
+                worker.retiring = retiring
+                logger.info("Worker pid=%d is being replaced: %s", worker.pid, retiring)
             if assignment is None or assignment.task.id != task_id:
                 logger.error("Worker pid=%d reported task %s it was not given", worker.pid, task_id)
                 return
@@ -224,9 +227,6 @@ class WorkerPool:
                 listener.task_finished(assignment.task.data.boefje.id, outcome, duration)
             if self._phase == DRAINING and worker.idle:
                 worker.stop_sent = worker.send(("stop",))
-        elif kind == "retire":
-            worker.retiring = message[1]
-            logger.info("Worker pid=%d is being replaced: %s", worker.pid, message[1])
 
     def _settle(self, assignment: Assignment, outcome: str, unsettled: list[str], now: float) -> None:
         """Hand whatever the worker could not close to the finalizer."""
@@ -305,8 +305,6 @@ class WorkerPool:
         import multiprocessing
 
         parent_end, child_end = multiprocessing.get_context("fork").Pipe()
-        foreign = [worker.conn.fileno() for worker in self.workers] + [parent_end.fileno()]
-        foreign += [fd for fd in (self._signals.wakeup_fd, self._signals._write_fd) if fd is not None]
         spec = w.WorkerSpec(
             client_factory=self.client.clone,
             registry=self.registry,
@@ -314,7 +312,7 @@ class WorkerPool:
             max_tasks_per_child=self.settings.max_tasks_per_child,
             max_memory_per_child=self.settings.max_memory_per_child,
         )
-        process = spawn(w.worker_main, (child_end, spec, os.getpid(), foreign))
+        process = spawn(w.worker_main, (child_end, spec, os.getpid()))
         child_end.close()
         self.workers.append(WorkerHandle(process, parent_end, now))
 

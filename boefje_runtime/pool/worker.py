@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -79,13 +80,33 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(0)
 
 
-def worker_main(conn: Connection, spec: WorkerSpec, parent_pid: int, foreign_fds: list[int]) -> None:
+def close_inherited_sockets(keep: int) -> None:
+    """Close the sockets the fork handed us but that are not ours: other workers' pipes, the
+    supervisor's HTTP connections, a listening socket of the embedding program (holding it would
+    keep its port taken after its owner closed it). Files and plain pipes stay: multiprocessing's
+    exit sentinel is one."""
+    kept = {keep}
+    for handler in logging.getLogger().handlers:  # a SysLogHandler or SocketHandler keeps its socket
+        for attribute in ("socket", "sock"):
+            with contextlib.suppress(AttributeError, OSError, ValueError):
+                kept.add(getattr(handler, attribute).fileno())
+    try:
+        open_fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        return  # not Linux: leave them
+    for fd in open_fds:
+        if fd <= 2 or fd in kept:
+            continue
+        with contextlib.suppress(OSError):
+            if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                os.close(fd)
+
+
+def worker_main(conn: Connection, spec: WorkerSpec, parent_pid: int) -> None:
     """Entry point of a forked worker process."""
     install_signals()
     die_with_parent(parent_pid)
-    for fd in foreign_fds:  # other workers' pipes: holding them would hide their EOFs
-        with contextlib.suppress(OSError):
-            os.close(fd)
+    close_inherited_sockets(conn.fileno())
     bind(pid=os.getpid(), role="worker")
     client = spec.client_factory()
     spec.registry.load_all()
@@ -107,10 +128,11 @@ def worker_main(conn: Connection, spec: WorkerSpec, parent_pid: int, foreign_fds
             started = time.monotonic()
             outcome, unsettled = run_assignment(client, spec, raw_task, raw_duplicates)
             tasks_done += 1
-            conn.send(("done", raw_task["id"], outcome, time.monotonic() - started, unsettled))
+            # Decided before reporting, in the same message: otherwise the supervisor could hand a
+            # new task to a worker that is about to leave.
             reason = retire_reason(tasks_done, spec.max_tasks_per_child, spec.max_memory_per_child)
+            conn.send(("done", raw_task["id"], outcome, time.monotonic() - started, unsettled, reason))
             if reason:
-                conn.send(("retire", reason))
                 return
     finally:
         client.close()

@@ -1,0 +1,71 @@
+"""Boefjes registered as Python callables for the worker-pool tests.
+
+They run inside forked worker processes, so they talk to the test through files named in the
+task's ``arguments`` (a pid file to find the process, a release file to let it finish).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from boefje_runtime.plugins import BoefjeRegistry
+
+DEADLINE = 30.0
+
+
+def hello(meta: dict) -> list:
+    return [({"text/plain"}, b"hi " + meta["input_ooi"].encode())]
+
+
+def boom(meta: dict) -> list:
+    raise RuntimeError("boom went the boefje")
+
+
+def hold(meta: dict) -> list:
+    """Write our pid, then wait (bounded) until the test creates the release file."""
+    arguments = meta["arguments"]
+    Path(arguments["pid_file"]).write_text(str(os.getpid()))
+    release = Path(arguments["release_file"])
+    deadline = time.monotonic() + arguments.get("max_wait", DEADLINE)
+    while not release.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return [({"text/plain"}, b"released")]
+
+
+def memory_hog(meta: dict) -> list:
+    """Keep ``mib`` MiB alive in the process (module global), to trip the memory recycling."""
+    global _HOARD
+    _HOARD = bytearray(meta["arguments"]["mib"] * 2**20)
+    for index in range(0, len(_HOARD), 4096):
+        _HOARD[index] = 1
+    return [({"text/plain"}, b"hoarded")]
+
+
+def count(meta: dict) -> list:
+    """Append a line per run, to count how often a boefje really ran."""
+    with open(meta["arguments"]["count_file"], "a") as runs:
+        runs.write("run\n")
+    return [({"text/plain"}, b"counted")]
+
+
+def env_echo(meta: dict) -> list:
+    return [({"text/plain"}, os.environ.get("PLANTED", "<unset>").encode())]
+
+
+_HOARD = bytearray()
+
+
+def registry() -> BoefjeRegistry:
+    boefjes = BoefjeRegistry()
+    for boefje_id, func in {
+        "hello": hello,
+        "boom": boom,
+        "hold": hold,
+        "memory-hog": memory_hog,
+        "env-echo": env_echo,
+        "count": count,
+    }.items():
+        boefjes.register(boefje_id, func, oci_image="test-image")
+    return boefjes

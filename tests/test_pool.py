@@ -1,0 +1,327 @@
+"""WorkerPool against the real test Boefje API, with real worker processes and real signals.
+
+The pool runs in a background thread of the test process (``start``/``stop``), or in the
+foreground in burst mode (``run``). Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from boefje_runtime import BoefjeAPIClient, RetryPolicy, TaskFilter
+from boefje_runtime.pool import PoolSettings, WorkerPool
+from boefje_runtime.testing import make_task
+
+from . import pool_boefjes
+
+FAST_RETRY = RetryPolicy(attempts=6, total_seconds=15.0, initial_wait=0.05, max_wait=0.5)
+IMAGE = "test-image"
+
+
+def wait_until(predicate, timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def task(boefje_id: str = "hello", **kwargs) -> dict:
+    kwargs.setdefault("input_ooi", f"Hostname|internet|{os.urandom(4).hex()}.example")
+    return make_task(boefje_id, oci_image=IMAGE, **kwargs)
+
+
+def ready_workers(pool: WorkerPool) -> int:
+    return sum(1 for worker in list(pool.workers) if worker.ready and worker.exitcode is None)
+
+
+@pytest.fixture
+def make_pool(boefje_api):
+    pools: list[WorkerPool] = []
+
+    def make(registry=None, **settings) -> WorkerPool:
+        settings.setdefault("pool_size", 2)
+        settings.setdefault("poll_interval", 0.2)
+        settings.setdefault("shutdown_timeout", 5.0)
+        pool = WorkerPool(
+            BoefjeAPIClient(boefje_api.url, retry=FAST_RETRY),
+            TaskFilter([IMAGE]),
+            registry=registry if registry is not None else pool_boefjes.registry(),
+            settings=PoolSettings(**settings),
+        )
+        pools.append(pool)
+        return pool
+
+    yield make
+    for pool in pools:
+        if pool.phase not in ("new", "stopped"):
+            pool.stop(immediate=True, timeout=20)
+        for worker in pool.workers:
+            worker.process.join(5)
+            assert not worker.process.is_alive(), f"worker pid={worker.pid} outlived its pool"
+
+
+def hold_task(tmp_path: Path, name: str, max_wait: float = 30.0) -> tuple[dict, Path, Path]:
+    pid_file, release_file = tmp_path / f"{name}.pid", tmp_path / f"{name}.release"
+    arguments = {"pid_file": str(pid_file), "release_file": str(release_file), "max_wait": max_wait}
+    return task("hold", arguments=arguments), pid_file, release_file
+
+
+@pytest.mark.parametrize("pool_size", [1, 2])
+def test_workers_drain_the_queue_and_report_failures(boefje_api, make_pool, pool_size):
+    good = boefje_api.enqueue([task() for _ in range(10)])
+    bad = boefje_api.enqueue(task("boom"))
+
+    exit_code = make_pool(pool_size=pool_size, burst=True).run()
+
+    assert exit_code == 0
+    for task_id in good:
+        assert boefje_api.history(task_id) == ["queued", "dispatched", "running", "completed"]
+        [file] = boefje_api.files(task_id)
+        assert file["content"].startswith(b"hi ")
+        assert set(file["tags"]) == {"text/plain", "boefje/hello"}
+    assert boefje_api.history(bad) == ["queued", "dispatched", "running", "failed"]
+    [error] = boefje_api.files(bad)
+    assert "error/boefje" in error["tags"]
+    assert b"RuntimeError: boom went the boefje" in error["content"]
+    counts = boefje_api.request_counts()
+    assert counts.get("get", 0) == 0, "no GET after each task"
+    assert counts["patch"] == counts["output"] == 11
+
+
+def test_an_exception_in_one_worker_does_not_disturb_the_other(boefje_api, make_pool, tmp_path):
+    held, pid_file, release = hold_task(tmp_path, "slow")
+    make_pool(pool_size=2).start()
+    held_id = boefje_api.enqueue(held)
+    wait_until(pid_file.exists, what="the held task to start")
+    bad = boefje_api.enqueue(task("boom"))
+
+    boefje_api.wait_for_status(bad, "failed")
+    assert boefje_api.status(held_id) == "running"
+    release.touch()
+    boefje_api.wait_for_status(held_id, "completed")
+
+
+def test_a_killed_worker_fails_its_task_and_is_replaced(boefje_api, make_pool, tmp_path):
+    held, pid_file, _ = hold_task(tmp_path, "victim")
+    pool = make_pool(pool_size=2).start()
+    held_id = boefje_api.enqueue(held)
+    wait_until(pid_file.exists, what="the held task to start")
+
+    os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+    boefje_api.wait_for_status(held_id, "failed")
+    [error] = boefje_api.files(held_id)
+    assert "error/boefje" in error["tags"]
+    assert b"SIGKILL" in error["content"]
+    wait_until(lambda: ready_workers(pool) == 2, what="the pool to be back at full size")
+    follow_up = boefje_api.enqueue(task())
+    boefje_api.wait_for_status(follow_up, "completed")
+
+
+def test_a_worker_that_exits_hard_fails_its_task_with_the_exit_code(boefje_api, make_pool):
+    registry = pool_boefjes.registry()
+    registry.register("exit-hard", lambda meta: os._exit(7), oci_image=IMAGE)
+    make_pool(registry=registry, pool_size=1).start()
+    task_id = boefje_api.enqueue(task("exit-hard"))
+
+    boefje_api.wait_for_status(task_id, "failed")
+    assert b"exited with code 7" in boefje_api.files(task_id)[0]["content"]
+
+
+def test_a_boefje_that_crashes_at_import_does_not_become_a_fork_loop(boefje_api, make_pool, tmp_path, caplog):
+    plugin = tmp_path / "plugins" / "crasher"
+    plugin.mkdir(parents=True)
+    (plugin / "boefje.json").write_text('{"id": "crasher", "oci_image": "test-image"}')
+    (plugin / "main.py").write_text("import os\nos._exit(3)\n\ndef run(boefje_meta):\n    return []\n")
+    from boefje_runtime.plugins import BoefjeRegistry
+
+    pool = make_pool(registry=BoefjeRegistry.discover(tmp_path / "plugins"), pool_size=2).start()
+    time.sleep(3.0)  # the observation window itself: how many starts fit in 3 s?
+
+    deaths = pool.stats.worker_exits["startup"]
+    assert 2 <= deaths <= 6, f"{deaths} start-up deaths in 3 s"
+    assert "during start-up" in caplog.text
+    assert "exited with code 3" in caplog.text
+
+
+def test_a_task_over_its_timeout_fails_and_its_process_is_replaced(boefje_api, make_pool, tmp_path):
+    held, _pid_file, _ = hold_task(tmp_path, "sloth")
+    pool = make_pool(pool_size=1, task_timeout=0.5).start()
+    held_id = boefje_api.enqueue(held)
+
+    boefje_api.wait_for_status(held_id, "failed")
+    assert b"timed out after 0.5 s" in boefje_api.files(held_id)[0]["content"]
+    wait_until(lambda: ready_workers(pool) == 1, what="a replacement worker")
+    follow_up = boefje_api.enqueue(task())
+    boefje_api.wait_for_status(follow_up, "completed")
+
+
+def test_workers_are_recycled_after_max_tasks(boefje_api, make_pool, caplog):
+    caplog.set_level(logging.INFO, logger="boefje_runtime")
+    ids = boefje_api.enqueue([task() for _ in range(5)])
+    pool = make_pool(pool_size=1, max_tasks_per_child=2, burst=True)
+
+    assert pool.run() == 0
+
+    assert all(boefje_api.status(task_id) == "completed" for task_id in ids)
+    assert pool.stats.worker_exits["recycled"] >= 2
+    assert "max tasks per child reached" in caplog.text
+
+
+def test_workers_are_recycled_past_their_memory_cap(boefje_api, make_pool, caplog):
+    caplog.set_level(logging.INFO, logger="boefje_runtime")
+    from boefje_runtime.pool.limits import resident_mib
+
+    hog = boefje_api.enqueue(task("memory-hog", arguments={"mib": 80}))
+    after = boefje_api.enqueue(task())
+    pool = make_pool(pool_size=1, max_memory_per_child=resident_mib() + 40, burst=True)
+
+    assert pool.run() == 0
+
+    assert boefje_api.status(hog) == boefje_api.status(after) == "completed"
+    assert pool.stats.worker_exits["recycled"] >= 1
+    assert "max memory per child passed" in caplog.text
+
+
+def test_burst_mode_exits_cleanly_on_an_empty_queue(make_pool):
+    started = time.monotonic()
+    assert make_pool(burst=True).run() == 0
+    assert time.monotonic() - started < 10
+
+
+def test_max_tasks_stops_after_that_many_tasks(boefje_api, make_pool):
+    ids = boefje_api.enqueue([task() for _ in range(6)])
+    assert make_pool(pool_size=1, max_tasks=4).run() == 0
+    statuses = [boefje_api.status(task_id) for task_id in ids]
+    assert statuses.count("completed") == 4
+    assert statuses.count("queued") == 2
+
+
+def _wait_all_ready(pool: WorkerPool, size: int) -> None:
+    wait_until(lambda: ready_workers(pool) == size, what=f"{size} ready workers")
+
+
+@pytest.mark.boefje_api(pop_mode="dedup")
+def test_duplicates_run_once_and_all_get_the_output(boefje_api, make_pool, tmp_path):
+    counter = tmp_path / "runs"
+    pool = make_pool(pool_size=3).start()
+    _wait_all_ready(pool, 3)
+    registry_counter_task = {"count_file": str(counter)}
+    ids = boefje_api.enqueue(
+        [task("count", input_ooi="Hostname|internet|same", arguments=registry_counter_task,
+              deduplication_key="k1") for _ in range(3)]
+    )
+
+    boefje_api.wait_for_status(ids, "completed")
+    assert counter.read_text().count("run") == 1
+    contents = {boefje_api.files(task_id)[0]["content"] for task_id in ids}
+    assert len(contents) == 1
+    for task_id in ids:
+        assert boefje_api.history(task_id)[-2:] == ["running", "completed"]
+
+
+@pytest.mark.boefje_api(pop_mode="dedup")
+def test_deduplication_off_runs_every_task(boefje_api, make_pool, tmp_path):
+    counter = tmp_path / "runs"
+    pool = make_pool(pool_size=3, deduplicate=False).start()
+    _wait_all_ready(pool, 3)
+    ids = boefje_api.enqueue(
+        [task("count", input_ooi="Hostname|internet|same", arguments={"count_file": str(counter)},
+              deduplication_key="k1") for _ in range(3)]
+    )
+
+    boefje_api.wait_for_status(ids, "completed")
+    assert counter.read_text().count("run") == 3
+
+
+@pytest.mark.boefje_api(pop_mode="dedup")
+def test_failed_duplicates_go_back_to_the_queue_for_their_own_run(boefje_api, make_pool):
+    pool = make_pool(pool_size=3).start()
+    _wait_all_ready(pool, 3)
+    ids = boefje_api.enqueue([task("boom", input_ooi="Hostname|internet|same", deduplication_key="k2")
+                              for _ in range(3)])
+
+    boefje_api.wait_for_status(ids, "failed")
+    requeued = [task_id for task_id in ids if boefje_api.history(task_id).count("queued") > 1]
+    assert requeued, "a duplicate of a failed task goes back to queued"
+    for task_id in ids:
+        [error] = boefje_api.files(task_id)
+        assert b"boom went the boefje" in error["content"]
+
+
+def test_the_pool_recovers_when_the_api_is_down_for_seconds(boefje_api, make_pool):
+    pool = make_pool(pool_size=2, max_error_backoff=1.0).start()
+    _wait_all_ready(pool, 2)
+    boefje_api.stop()
+    ids = boefje_api.enqueue([task() for _ in range(20)])
+    time.sleep(2.0)  # the outage itself
+    boefje_api.start()
+
+    boefje_api.wait_for_status(ids, "completed", timeout=30)
+    assert all(boefje_api.history(task_id).count("dispatched") == 1 for task_id in ids)
+
+
+def test_the_pool_rides_out_5xx_and_dropped_connections(boefje_api, make_pool):
+    ids = boefje_api.enqueue([task() for _ in range(10)])
+    boefje_api.inject("pop", status=503, times=3)
+    boefje_api.inject("patch", status=500, times=2)
+    boefje_api.inject("output", drop=True, times=2)
+    boefje_api.inject("output", status=502, times=1)
+
+    assert make_pool(pool_size=2, burst=True, max_error_backoff=0.5).run() == 0
+
+    assert [boefje_api.status(task_id) for task_id in ids] == ["completed"] * 10
+
+
+def test_a_malformed_pop_answer_is_logged_and_survived(boefje_api, make_pool, caplog):
+    ids = boefje_api.enqueue([task() for _ in range(3)])
+    boefje_api.inject("pop", malformed=True, times=2)
+
+    assert make_pool(pool_size=1, burst=True, max_error_backoff=0.2).run() == 0
+
+    assert [boefje_api.status(task_id) for task_id in ids] == ["completed"] * 3
+    assert "Could not pop tasks" in caplog.text
+
+
+def test_a_malformed_task_with_an_id_is_marked_failed(boefje_api, make_pool, caplog):
+    victim = boefje_api.enqueue(task())
+    boefje_api.inject("pop", body=f'[{{"id": "{victim}", "data": 5}}]')
+
+    assert make_pool(pool_size=1, burst=True).run() == 0
+
+    assert boefje_api.status(victim) == "failed"
+    assert "pop[0].data: expected an object, got number 5" in caplog.text
+
+
+def test_stop_drains_running_tasks_within_the_grace_period(boefje_api, make_pool, tmp_path):
+    held, pid_file, release = hold_task(tmp_path, "drained")
+    pool = make_pool(pool_size=1).start()
+    held_id = boefje_api.enqueue(held)
+    wait_until(pid_file.exists, what="the held task to start")
+
+    pool.request_shutdown()
+    wait_until(lambda: pool.phase == "draining", what="draining")
+    release.touch()
+    assert pool.stop(timeout=20) == 0
+
+    assert boefje_api.status(held_id) == "completed"
+    assert pool.phase == "stopped"
+
+
+def test_running_tasks_past_the_grace_period_are_killed_and_failed(boefje_api, make_pool, tmp_path):
+    held, pid_file, _ = hold_task(tmp_path, "stubborn")
+    pool = make_pool(pool_size=1, shutdown_timeout=0.5).start()
+    held_id = boefje_api.enqueue(held)
+    wait_until(pid_file.exists, what="the held task to start")
+
+    assert pool.stop(timeout=20) == 0
+
+    assert boefje_api.status(held_id) == "failed"
+    assert b"shut down before this task finished" in boefje_api.files(held_id)[0]["content"]
