@@ -1,0 +1,235 @@
+"""Worker mode through the real CLI: start-up lines, signals and exit codes, in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from boefje_runtime.testing import make_task
+
+IMAGE = "ghcr.io/example/worker-mode-test:latest"
+
+HOLD_MAIN = '''
+import os, time
+from pathlib import Path
+
+def run(boefje_meta):
+    arguments = boefje_meta["arguments"]
+    Path(arguments["pid_file"]).write_text(str(os.getpid()))
+    release = Path(arguments["release_file"])
+    deadline = time.monotonic() + 30
+    while not release.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return [({"text/plain"}, b"released")]
+'''
+
+
+@pytest.fixture
+def plugin_dir(tmp_path: Path) -> Path:
+    root = tmp_path / "boefjes" / "plugins"
+    hold = root / "kat_hold"
+    hold.mkdir(parents=True)
+    (tmp_path / "boefjes" / "__init__.py").write_text("")
+    (root / "__init__.py").write_text("")
+    (hold / "__init__.py").write_text("")
+    (hold / "boefje.json").write_text(json.dumps({"id": "hold", "name": "Hold", "oci_image": IMAGE}))
+    (hold / "main.py").write_text(HOLD_MAIN)
+    return tmp_path
+
+
+class Worker:
+    """The CLI in worker mode as a child process, with its log lines collected as they come."""
+
+    def __init__(self, api_url: str, plugin_dir: Path, *extra: str, **env: str) -> None:
+        environment = {
+            **os.environ,
+            "BOEFJES_API": api_url,
+            "OCI_IMAGE": IMAGE,
+            "PLUGIN_DIR": str(plugin_dir),
+            "POLL_INTERVAL": "0.2",
+            **env,
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "boefje_runtime_cli", *extra],
+            env=environment,
+            cwd=plugin_dir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._queue.put(line.rstrip("\n"))
+
+    def wait_for_line(self, pattern: str, timeout: float = 15.0) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        for line in self.lines:
+            if match := re.search(pattern, line):
+                return match
+        while time.monotonic() < deadline:
+            try:
+                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            self.lines.append(line)
+            if match := re.search(pattern, line):
+                return match
+        raise TimeoutError(f"no line matching {pattern!r} within {timeout} s; got:\n" + "\n".join(self.lines))
+
+    def worker_pids(self, count: int) -> list[int]:
+        pids: list[int] = []
+        while len(pids) < count:
+            match = self.wait_for_line(r"Started listening for tasks from worker pid=(\d+)")
+            pids.append(int(match.group(1)))
+            self.lines.remove(match.string)
+        return pids
+
+    def wait(self, timeout: float = 30.0) -> int:
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+@pytest.fixture
+def workers():
+    started: list[Worker] = []
+    yield started
+    for worker in started:
+        worker.kill()
+
+
+def hold_task(tmp_path: Path, name: str, **extra) -> tuple[dict, Path, Path]:
+    pid_file, release_file = tmp_path / f"{name}.pid", tmp_path / f"{name}.release"
+    arguments = {"pid_file": str(pid_file), "release_file": str(release_file)}
+    task = make_task("hold", oci_image=IMAGE, arguments=arguments, input_ooi=f"Hostname|internet|{name}", **extra)
+    return task, pid_file, release_file
+
+
+def wait_until(predicate, timeout: float = 15.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return any(line.startswith("State:") and "Z" in line for line in status)
+    except FileNotFoundError:
+        return True
+
+
+def test_start_up_lines_are_the_seeds(boefje_api, plugin_dir, workers):
+    worker = Worker(boefje_api.url, plugin_dir, "-p", "hold", "--burst")
+    workers.append(worker)
+
+    assert worker.wait() == 0
+    worker.wait_for_line(r"\[info\] Starting runtime")
+    worker.wait_for_line(
+        re.escape(
+            f"[info] Configured BoefjeAPI [base_url={boefje_api.url}, outgoing_request_timeout=30, "
+            f"images=['{IMAGE}'], plugins=['hold']]"
+        )
+    )
+    worker.wait_for_line(r"\[info\] Created worker pool for queue 'boefje'")
+    worker.wait_for_line(r"\[info\] Started listening for tasks from worker pid=\d+")
+    worker.wait_for_line(
+        r'HTTP Request: POST http://127\.0\.0\.1:\d+/api/v0/scheduler/boefje/pop\?limit=\d "HTTP/1\.1 200 OK"'
+    )
+
+
+def test_sigterm_pushes_back_unstarted_tasks_unchanged_and_drains_the_running_one(
+    boefje_api, plugin_dir, tmp_path, workers
+):
+    running, pid_file, release = hold_task(tmp_path, "running")
+    waiting = [hold_task(tmp_path, f"waiting{i}", deduplication_key=f"dk{i}", custom_field={"keep": i})[0]
+               for i in range(2)]
+    running_id = boefje_api.enqueue(running)
+    waiting_ids = boefje_api.enqueue(waiting)
+    worker = Worker(boefje_api.url, plugin_dir, POOL_SIZE="1", PREFETCH="2")
+    workers.append(worker)
+    wait_until(pid_file.exists, what="the first task to start")
+    wait_until(lambda: all(boefje_api.status(i) == "dispatched" for i in waiting_ids), what="prefetched tasks")
+
+    worker.process.send_signal(signal.SIGTERM)
+    worker.wait_for_line(r"Shutting down")
+    release.touch()
+
+    assert worker.wait() == 0
+    assert boefje_api.status(running_id) == "completed"
+    for original, task_id in zip(waiting, waiting_ids, strict=True):
+        assert boefje_api.status(task_id) == "queued"
+        pushed_back = boefje_api.task(task_id)
+        assert {k: v for k, v in pushed_back.items() if k != "modified_at"} == {
+            k: v for k, v in original.items() if k != "modified_at"
+        }
+    assert not [s for s in boefje_api.statuses().values() if s in ("dispatched", "running")]
+
+
+def test_a_second_sigterm_skips_the_grace_period(boefje_api, plugin_dir, tmp_path, workers):
+    running, pid_file, _ = hold_task(tmp_path, "stubborn")
+    running_id = boefje_api.enqueue(running)
+    worker = Worker(boefje_api.url, plugin_dir, POOL_SIZE="1", SHUTDOWN_TIMEOUT="60")
+    workers.append(worker)
+    wait_until(pid_file.exists, what="the task to start")
+
+    worker.process.send_signal(signal.SIGTERM)
+    worker.wait_for_line(r"Shutting down")
+    started = time.monotonic()
+    worker.process.send_signal(signal.SIGTERM)
+
+    assert worker.wait() == 0
+    assert time.monotonic() - started < 10
+    assert boefje_api.status(running_id) == "failed"
+    assert b"shut down before this task finished" in boefje_api.files(running_id)[0]["content"]
+    assert gone(int(pid_file.read_text()))
+
+
+def test_sigint_drains_like_sigterm(boefje_api, plugin_dir, tmp_path, workers):
+    running, pid_file, release = hold_task(tmp_path, "interrupted")
+    running_id = boefje_api.enqueue(running)
+    worker = Worker(boefje_api.url, plugin_dir, POOL_SIZE="1")
+    workers.append(worker)
+    wait_until(pid_file.exists, what="the task to start")
+
+    worker.process.send_signal(signal.SIGINT)
+    worker.wait_for_line(r"Shutting down")
+    release.touch()
+
+    assert worker.wait() == 0
+    assert boefje_api.status(running_id) == "completed"
+
+
+def test_no_worker_survives_a_sigkilled_supervisor(boefje_api, plugin_dir, tmp_path, workers):
+    running, pid_file, _ = hold_task(tmp_path, "orphan")
+    boefje_api.enqueue(running)
+    worker = Worker(boefje_api.url, plugin_dir, POOL_SIZE="2")
+    workers.append(worker)
+    pids = worker.worker_pids(2)
+    wait_until(pid_file.exists, what="the task to start")
+
+    worker.process.kill()
+    worker.process.wait(10)
+
+    for pid in pids:
+        wait_until(lambda pid=pid: gone(pid), timeout=10, what=f"worker {pid} to die with its supervisor")
