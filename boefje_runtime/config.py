@@ -333,6 +333,11 @@ SETTINGS: tuple[Setting, ...] = (
         "Tasks to pop beyond the idle workers (kept small so other workers are not starved).", metavar="N",
     ),
     Setting(
+        "pop_ahead", "POP_AHEAD", ("--pop-ahead",), parse_bool, True,
+        "Pop a worker's next task while it posts its output (the task waits at most that long).",
+        boolean=True,
+    ),
+    Setting(
         "burst", "BURST", ("--burst",), parse_bool, False,
         "Exit once the queue has nothing for this worker.", boolean=True,
     ),
@@ -423,6 +428,8 @@ class RuntimeConfig:
     shutdown_timeout: float = _default(SETTINGS_BY_NAME["shutdown_timeout"])
     #: Tasks popped beyond the idle workers (``PREFETCH``).
     prefetch: int = _default(SETTINGS_BY_NAME["prefetch"])
+    #: Pop a worker's next task while it delivers its output (``POP_AHEAD``).
+    pop_ahead: bool = _default(SETTINGS_BY_NAME["pop_ahead"])
     #: Exit once the queue is empty (``BURST``).
     burst: bool = _default(SETTINGS_BY_NAME["burst"])
     #: Exit after this many tasks; None: no limit (``MAX_TASKS``).

@@ -47,6 +47,8 @@ class WorkerHandle:
         #: Why the supervisor killed it ("timed out after 5 s", ...), so its death is explained.
         self.kill_reason: str | None = None
         self.stop_sent = False
+        #: Its boefje returned and it is delivering the output: it will be idle within a request.
+        self.finishing = False
 
     @property
     def pid(self) -> int:

@@ -30,6 +30,10 @@ class PoolSettings:
     #: Tasks popped beyond the free workers. 0, because a prefetched task waits on a busy
     #: container while other containers may be idle.
     prefetch: int = 0
+    #: Pop for a worker as soon as its boefje has returned, while it is still posting the output,
+    #: so the pop's round trip overlaps the delivery. The task waits in the supervisor (any idle
+    #: worker may take it) for at most that delivery. False: pop only for idle workers.
+    pop_ahead: bool = True
     #: Stop (exit 0) once the queue has nothing for this worker.
     burst: bool = False
     #: Stop after this many tasks were started (None: no limit).

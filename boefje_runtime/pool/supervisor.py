@@ -110,6 +110,7 @@ class WorkerPool:
             max_memory_per_child=config.max_memory_per_child or None,
             shutdown_timeout=config.shutdown_timeout,
             prefetch=config.prefetch,
+            pop_ahead=config.pop_ahead,
             burst=config.burst,
             max_tasks=config.max_tasks or None,
             max_output_bytes=int(config.max_output_size * 2**20) if config.max_output_size else None,
@@ -213,9 +214,12 @@ class WorkerPool:
             logger.info("Started listening for tasks from worker pid=%d", worker.pid)
             if self._phase == DRAINING:
                 worker.stop_sent = worker.send(("stop",))
+        elif kind == "ran":
+            worker.finishing = True
         elif kind == "done":
             _, task_id, outcome, duration, unsettled, retiring = message
             assignment, worker.assignment = worker.assignment, None
+            worker.finishing = False
             if retiring:
                 worker.retiring = retiring
                 logger.info("Worker pid=%d is being replaced: %s", worker.pid, retiring)
@@ -321,7 +325,10 @@ class WorkerPool:
         if now < self._next_pop:
             return
         busy = any(worker.assignment for worker in self.workers)
-        want = sum(1 for worker in self.workers if worker.idle) + self.settings.prefetch - len(self._local)
+        free = sum(1 for worker in self.workers if worker.idle)
+        if self.settings.pop_ahead:
+            free += sum(1 for worker in self.workers if worker.finishing and worker.retiring is None)
+        want = free + self.settings.prefetch - len(self._local)
         if self.settings.max_tasks is not None:
             left = self.settings.max_tasks - self._popped
             if left <= 0:
@@ -426,7 +433,7 @@ class WorkerPool:
         if self._phase == STOPPED:
             return 0.0
         deadlines = [now + self.settings.heartbeat]
-        if self._phase == RUNNING and any(worker.idle for worker in self.workers):
+        if self._phase == RUNNING and any(worker.idle or worker.finishing for worker in self.workers):
             deadlines.append(self._next_pop)
         if self._phase == DRAINING:
             deadlines.append(self._drain_deadline)

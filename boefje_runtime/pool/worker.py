@@ -126,7 +126,7 @@ def worker_main(conn: Connection, spec: WorkerSpec, parent_pid: int) -> None:
                 return
             _, raw_task, raw_duplicates = message
             started = time.monotonic()
-            outcome, unsettled = run_assignment(client, spec, raw_task, raw_duplicates)
+            outcome, unsettled = run_assignment(client, spec, raw_task, raw_duplicates, conn)
             tasks_done += 1
             # Decided before reporting, in the same message: otherwise the supervisor could hand a
             # new task to a worker that is about to leave.
@@ -139,7 +139,7 @@ def worker_main(conn: Connection, spec: WorkerSpec, parent_pid: int) -> None:
 
 
 def run_assignment(
-    client: BoefjeAPIClient, spec: WorkerSpec, raw_task: dict, raw_duplicates: list[dict]
+    client: BoefjeAPIClient, spec: WorkerSpec, raw_task: dict, raw_duplicates: list[dict], conn: Connection
 ) -> tuple[str, list[str]]:
     """Run one task and deliver its output to its duplicates.
 
@@ -161,6 +161,7 @@ def run_assignment(
             logger.error("Could not start task: %s", exc)
             return LOST, []
         output = _run_boefje(spec, raw_task["data"], meta.boefje.id, meta.boefje.version, meta.boefje.oci_image)
+        conn.send(("ran", task.id))  # only delivery is left: the supervisor may pop our next task now
         outcome = _deliver(client, task.id, output)
         if outcome not in (COMPLETED, FAILED):
             return outcome, []
