@@ -21,7 +21,7 @@ from requests.structures import CaseInsensitiveDict
 from .errors import APIConnectionError, APIResponseError, APIStatusError
 from .filters import TaskFilter
 from .models import BoefjeInput, BoefjeOutput, Task, TaskStatus, parse_task_list
-from .retry import CallKind, RetryPolicy
+from .retry import NOT_PROCESSED, CallKind, RetryPolicy
 
 if TYPE_CHECKING:
     from .config import RuntimeConfig
@@ -143,18 +143,25 @@ class BoefjeAPIClient:
     def deliver_output(self, url: str, output: BoefjeOutput | Mapping[str, Any]) -> dict[str, Any]:
         """POST a task's output; the API then closes the task itself.
 
-        The API accepts one output per task, so a 403 on a *repeated* try means an earlier try
-        landed but its answer was lost: that counts as delivered (logged), and ``{}`` is returned.
+        The API accepts one output per task, so a 403 on a repeated try, after a try that may have
+        landed (answer lost, timed out, 500/502/504), means that earlier try was accepted: that counts
+        as delivered (logged), and ``{}`` is returned. After only unsent or "not now" (429/503) tries,
+        a 403 is a real refusal and is raised.
         """
         body = output.to_dict() if isinstance(output, BoefjeOutput) else dict(output)
+        may_have_landed = False
         for attempt in self._retrying[CallKind.SAFE].copy():
             with attempt:
                 try:
                     answer = self._request("POST", url, body)
                 except APIStatusError as exc:
-                    if exc.status_code == 403 and attempt.retry_state.attempt_number > 1:
+                    if exc.status_code == 403 and may_have_landed:
                         logger.warning("Output to %s refused on a retry: an earlier try was accepted", url)
                         return {}
+                    may_have_landed = may_have_landed or exc.status_code not in NOT_PROCESSED
+                    raise
+                except APIConnectionError as exc:
+                    may_have_landed = may_have_landed or exc.sent
                     raise
                 return answer if isinstance(answer, dict) else {}
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
@@ -226,6 +233,14 @@ class BoefjeAPIClient:
     def _read(self, response: requests.Response, method: str, url: str) -> bytes:
         """Read the body, refusing to hold more than ``max_response_bytes`` in memory."""
         declared = response.headers.get("Content-Length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_response_bytes:
+            # Refused on the declared size, before reading a byte of a body we would throw away.
+            raise APIResponseError(
+                f"{method} {url}: answer of {declared} bytes is larger than {self.max_response_bytes}; refused",
+                method=method,
+                url=url,
+                status_code=response.status_code,
+            )
         try:
             if declared is not None and declared.isdigit() and int(declared) <= self.max_response_bytes:
                 return response.content

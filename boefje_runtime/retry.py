@@ -2,7 +2,7 @@
 
 Retrying is only safe when a repeat cannot do harm. The rules per call:
 
-- ``SAFE`` (GET task, GET input, health, PATCH status, push): repeating gives the same end state,
+- ``SAFE`` (GET task, GET input, PATCH status, push): repeating gives the same end state,
   so retry on connection errors (refused, dropped, timed out), any 5xx and 429.
   PATCH sets an absolute status; push of a task with the same id replaces it on the queue.
 - ``UNSENT_ONLY`` (pop): a pop whose answer was lost has already dispatched tasks on the server;
@@ -12,6 +12,8 @@ Retrying is only safe when a repeat cannot do harm. The rules per call:
   error back-off decides when to pop again.
 - Output POST is ``SAFE`` too, with one twist handled by the client: the API accepts an output once,
   so a 403 on a *repeat* means our earlier try landed and is reported as delivered.
+
+``health()`` is a probe and is never retried: its caller wants to know about *now*.
 
 Waits are exponential with full jitter (so many workers restarting together do not retry in
 lockstep), capped per wait and bounded in attempts and in total time; a ``Retry-After`` header on
@@ -93,9 +95,10 @@ class _RetryAfterOrJitter:
     def __call__(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
         retry_after = getattr(exc, "retry_after", None)
-        if retry_after is not None:
-            return min(max(retry_after, 0.0), self._ceiling)
-        return self._jitter(state)
+        wait = max(retry_after, 0.0) if retry_after is not None else self._jitter(state)
+        # Never sleep past the total time: the stop condition is only checked after the next try.
+        remaining = max(self._ceiling - (state.seconds_since_start or 0.0), 0.0)
+        return min(wait, remaining)
 
 
 def _log_retry(state: RetryCallState) -> None:
