@@ -1,0 +1,2 @@
+def run(boefje_meta):
+    return [({"text/plain"}, "a")]

@@ -1,0 +1,5 @@
+from .util import shout
+
+
+def run(boefje_meta):
+    return [({"text/plain"}, shout("dashed"))]
