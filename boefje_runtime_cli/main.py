@@ -117,12 +117,12 @@ def _run(input_url: str | None, **values: Any) -> None:
 
         sys.exit(int(run_oneshot(input_url, config)))
 
-    logger.info("Starting runtime")
-    logger.info(config.describe())
-    logger.debug("Settings: %s", config.summary())
-    from boefje_runtime.pool import WorkerPool
+    from boefje_runtime.worker_mode import run_worker_mode
 
-    sys.exit(int(WorkerPool.from_config(config).run()))
+    try:
+        sys.exit(int(run_worker_mode(config)))
+    except ConfigError as exc:  # e.g. the health port is taken
+        raise click.UsageError(str(exc)) from None
 
 
 def build_command() -> click.Command:

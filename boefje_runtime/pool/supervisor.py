@@ -153,8 +153,12 @@ class WorkerPool:
         return int(self.exit_code)
 
     def request_shutdown(self, *, immediate: bool = False) -> None:
-        """Thread-safe: the loop begins draining at its next step (a second request is immediate)."""
-        self._stop_requests += 2 if immediate else 1
+        """Thread-safe: the loop begins draining at its next step; ``immediate`` skips the grace.
+
+        Asking twice is not an escalation (unlike a second signal): ``stop()`` after
+        ``request_shutdown()`` still drains.
+        """
+        self._stop_requests = max(self._stop_requests, 2 if immediate else 1)
 
     def step(self, now: float | None = None) -> float:
         """One iteration of the supervisor; returns how long the caller may wait before the next."""
@@ -173,7 +177,9 @@ class WorkerPool:
             self._dispatch(now)
         elif self._phase == DRAINING:
             self._drain(now)
+        busy = sum(1 for worker in self.workers if worker.assignment)
         for listener in self.listeners:
+            listener.workers_changed(busy, len(self.workers) - busy)
             listener.loop_turned(now)
         return self._next_wait(now)
 
@@ -181,8 +187,6 @@ class WorkerPool:
 
     def _begin(self, now: float) -> None:
         self._phase = RUNNING
-        for problem in getattr(self.registry, "errors", ()):
-            logger.warning("Broken boefje plugin: %s", problem)
         logger.info("Created worker pool for queue '%s'", self.settings.queue)
         self._fill(now)
 
@@ -389,10 +393,6 @@ class WorkerPool:
             worker.assignment = assignment
             for listener in self.listeners:
                 listener.task_started(assignment.task.data.boefje.id)
-        if self.listeners:
-            busy = sum(1 for worker in self.workers if worker.assignment)
-            for listener in self.listeners:
-                listener.workers_changed(busy, len(self.workers) - busy)
 
     # -- shutdown --------------------------------------------------------------------------------
 
