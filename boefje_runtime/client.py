@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,7 @@ from urllib.parse import quote
 import requests
 from requests.structures import CaseInsensitiveDict
 
-from .errors import APIConnectionError, APIResponseError, APIStatusError
+from .errors import APIConnectionError, APIError, APIResponseError, APIStatusError
 from .filters import TaskFilter
 from .models import BoefjeInput, BoefjeOutput, Task, TaskStatus, parse_task_list
 from .retry import NOT_PROCESSED, CallKind, RetryPolicy
@@ -117,10 +118,24 @@ class BoefjeAPIClient:
             body = dict(task)
         self._call(CallKind.SAFE, "POST", f"{self.base_url}/api/v0/scheduler/{quote(queue, safe='')}/push", body)
 
-    def patch_status(self, task_id: str, status: TaskStatus | str) -> None:
-        """Set a task's status. The scheduler does not guard transitions: callers must."""
+    def patch_status(self, task_id: str, status: TaskStatus | str) -> bool:
+        """Set a task's status. The scheduler does not guard transitions: callers must.
+
+        Returns True when the PATCH needed a repeat after a try that may still land later (its
+        answer was lost or timed out, or a 5xx): such a late PATCH can undo a status set after it,
+        so a caller that goes on to close the task should check it again later.
+        """
         value = status.value if isinstance(status, TaskStatus) else str(status)
-        self._call(CallKind.SAFE, "PATCH", self._task_url(task_id), {"status": value})
+        may_land_late = False
+        for attempt in self._retrying[CallKind.SAFE].copy():
+            with attempt:
+                try:
+                    self._request("PATCH", self._task_url(task_id), {"status": value})
+                except APIError as exc:
+                    may_land_late = may_land_late or _may_have_landed(exc)
+                    raise
+                return may_land_late
+        raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
     def get_task(self, task_id: str) -> Task:
         url = self._task_url(task_id)
@@ -158,10 +173,16 @@ class BoefjeAPIClient:
                     if exc.status_code == 403 and may_have_landed:
                         logger.warning("Output to %s refused on a retry: an earlier try was accepted", url)
                         return {}
-                    may_have_landed = may_have_landed or exc.status_code not in NOT_PROCESSED
+                    may_have_landed = may_have_landed or _may_have_landed(exc)
+                    raise
+                except APIResponseError as exc:
+                    if exc.status_code is not None and 200 <= exc.status_code < 300:
+                        # 2xx: the API stored the output; only its answer is odd. Not a failed delivery.
+                        logger.warning("Output to %s accepted, with an unexpected answer: %s", url, exc)
+                        return {}
                     raise
                 except APIConnectionError as exc:
-                    may_have_landed = may_have_landed or exc.sent
+                    may_have_landed = may_have_landed or _may_have_landed(exc)
                     raise
                 return answer if isinstance(answer, dict) else {}
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
@@ -199,13 +220,13 @@ class BoefjeAPIClient:
         with response:
             logger.info('HTTP Request: %s %s "HTTP/1.1 %d %s"', method, url, response.status_code, response.reason)
             content = self._read(response, method, url)
-        if response.status_code >= 400:
+        if response.status_code >= 300:  # redirects are not followed: the API has none, a spoof might
             raise _status_error(method, url, response, content)
         if not content:
             return None
         try:
             return json.loads(content)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than the decoder's limit
             raise APIResponseError(
                 f"{method} {url} answered {response.status_code} with a body that is not JSON",
                 method=method,
@@ -224,6 +245,7 @@ class BoefjeAPIClient:
         else:
             prepared.prepare_url(url, None)
         prepared.headers = CaseInsensitiveDict(self.session.headers)
+        prepared.prepare_cookies(self.session.cookies)
         if data is not None:
             prepared.headers.update(_JSON_HEADERS)
             prepared.headers["Content-Length"] = str(len(data))
@@ -260,6 +282,13 @@ class BoefjeAPIClient:
             raise APIConnectionError(
                 f"{method} {url} failed while reading the answer: {_reason(exc)}", method=method, url=url
             ) from None
+
+
+def _may_have_landed(exc: APIError) -> bool:
+    """Could the server have acted on a request that failed this way?"""
+    if isinstance(exc, APIConnectionError):
+        return exc.sent
+    return exc.status_code is not None and exc.status_code >= 500 and exc.status_code not in NOT_PROCESSED
 
 
 def _make_session(base_url: str, verify: bool | str, headers: Mapping[str, str]) -> requests.Session:
@@ -309,7 +338,9 @@ def _status_error(method: str, url: str, response: requests.Response, content: b
     retry_after = response.headers.get("Retry-After")
     if retry_after is not None:
         try:
-            error.retry_after = float(retry_after)
+            seconds = float(retry_after)
         except ValueError:
-            error.retry_after = None  # an HTTP date: fall back to our own back-off
+            seconds = None  # an HTTP date: fall back to our own back-off
+        # nan, inf or negative: not a usable hint (and time.sleep would refuse nan)
+        error.retry_after = seconds if seconds is not None and math.isfinite(seconds) and seconds >= 0 else None
     return error

@@ -9,7 +9,7 @@ instead of blocking the supervisor's loop.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..client import BoefjeAPIClient
 from ..errors import APIConnectionError, APIError, APIStatusError, ParseError
@@ -27,13 +27,21 @@ MAX_TRIES = 50
 class _Job:
     task: Task
     #: FAIL: post a FAILED output saying ``reason``. REQUEUE: a duplicate that never ran goes back.
+    #: PUSH: popped but never started. RECHECK: make sure a late PATCH did not reopen a closed task.
     action: str
     reason: str
     due: float = 0.0
     tries: int = 0
+    #: RECHECK: the status the task was closed with, and when to look again after this look.
+    closed: TaskStatus | None = None
+    later: list[float] = field(default_factory=list)
 
 
-FAIL, REQUEUE, PUSH = "fail", "requeue", "push"
+FAIL, REQUEUE, PUSH, RECHECK = "fail", "requeue", "push", "recheck"
+
+#: When to look again at a task whose running PATCH may land late, in request timeouts after closing.
+#: A request the client gave up on is rarely handled much later than that; twice costs two GETs.
+RECHECK_AFTER = (3, 10)
 
 
 class Finalizer:
@@ -55,6 +63,17 @@ class Finalizer:
     def push_back(self, task: Task, now: float) -> None:
         self.jobs.append(_Job(task, PUSH, "popped but not started", due=now))
 
+    def recheck(self, task: Task, closed: TaskStatus, now: float, timeout: float) -> None:
+        """The scheduler does not guard transitions: a running PATCH that lands after the output
+        reopens the task. Look again later and close it again if that happened."""
+        first, *rest = (now + factor * timeout for factor in RECHECK_AFTER)
+        self.jobs.append(_Job(task, RECHECK, "a late running PATCH", due=first, closed=closed, later=rest))
+
+    @property
+    def blocking(self) -> list[_Job]:
+        """Jobs that must finish before the pool may stop (rechecks are best effort)."""
+        return [job for job in self.jobs if job.action != RECHECK]
+
     def __len__(self) -> int:
         return len(self.jobs)
 
@@ -71,6 +90,9 @@ class Finalizer:
             try:
                 self._close(job)
                 self._backoff.succeeded()
+                if job.action == RECHECK and job.later:
+                    job.due, job.later = job.later[0], job.later[1:]
+                    remaining.append(job)
             except (APIError, ParseError) as exc:
                 job.tries += 1
                 if job.tries >= MAX_TRIES:
@@ -89,6 +111,12 @@ class Finalizer:
             logger.info("Pushed task %s back to the queue unchanged", task.id)
             return
         status = self.client.get_task(task.id).status
+        if job.action == RECHECK:
+            if status is TaskStatus.RUNNING and job.closed is not None:
+                self.client.patch_status(task.id, job.closed)
+                logger.warning("Task %s was reopened by a late running PATCH; set it back to %s",
+                               task.id, job.closed.value)
+            return
         if job.action == REQUEUE:
             if status in (TaskStatus.DISPATCHED, TaskStatus.RUNNING):
                 self.client.patch_status(task.id, TaskStatus.QUEUED)

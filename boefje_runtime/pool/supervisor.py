@@ -130,7 +130,11 @@ class WorkerPool:
         installed = self._signals.install()
         try:
             while self._phase != STOPPED:
-                timeout = self.step()
+                try:
+                    timeout = self.step()
+                except Exception:  # a bug must not take the supervisor (and every held task) down
+                    logger.exception("Unexpected error in the supervisor loop; going on in 1 s")
+                    timeout = 1.0
                 if self._phase != STOPPED:
                     self._wait(timeout)
         finally:
@@ -221,7 +225,7 @@ class WorkerPool:
         elif kind == "ran":
             worker.finishing = True
         elif kind == "done":
-            _, task_id, outcome, duration, unsettled, retiring = message
+            _, task_id, report, duration, retiring = message
             assignment, worker.assignment = worker.assignment, None
             worker.finishing = False
             if retiring:
@@ -230,14 +234,18 @@ class WorkerPool:
             if assignment is None or assignment.task.id != task_id:
                 logger.error("Worker pid=%d reported task %s it was not given", worker.pid, task_id)
                 return
-            self._settle(assignment, outcome, unsettled, now)
+            self._settle(assignment, report, now)
             for listener in self.listeners:
-                listener.task_finished(assignment.task.data.boefje.id, outcome, duration)
+                listener.task_finished(assignment.task.data.boefje.id, report.outcome, duration)
             if self._phase == DRAINING and worker.idle:
                 worker.stop_sent = worker.send(("stop",))
 
-    def _settle(self, assignment: Assignment, outcome: str, unsettled: list[str], now: float) -> None:
+    def _settle(self, assignment: Assignment, report: w.Report, now: float) -> None:
         """Hand whatever the worker could not close to the finalizer."""
+        outcome, unsettled = report.outcome, report.unsettled
+        if report.recheck and outcome in (w.COMPLETED, w.FAILED, w.UNDELIVERED):
+            closed = TaskStatus.COMPLETED if outcome == w.COMPLETED else TaskStatus.FAILED
+            self._finalizer.recheck(assignment.task, closed, now, self.client.timeout)
         if outcome == w.LOST:
             self._finalizer.fail(assignment.task, "the worker could not reach the Boefje API to close this task", now)
             unsettled = [task.id for task in assignment.duplicates]
@@ -356,7 +364,7 @@ class WorkerPool:
         for listener in self.listeners:
             listener.api_reachable(True, now)
         if not raw_tasks:
-            if self.settings.burst and not busy and not self._local and not self._finalizer.jobs:
+            if self.settings.burst and not busy and not self._local and not self._finalizer.blocking:
                 self._begin_shutdown(now, "burst mode: the queue is empty")
             self._next_pop = now + self._idle.next_wait(now)
             return
@@ -420,10 +428,10 @@ class WorkerPool:
                 worker.kill(f"the worker shut down before this task finished (killed after a {grace:g} s grace period)")
         if self.workers:
             return
-        if self._finalizer.jobs and now < self._drain_deadline + FINALIZE_GRACE:
+        if self._finalizer.blocking and now < self._drain_deadline + FINALIZE_GRACE:
             return
-        if self._finalizer.jobs or self._finalizer.abandoned:
-            left = [job.task.id for job in self._finalizer.jobs] + self._finalizer.abandoned
+        if self._finalizer.blocking or self._finalizer.abandoned:
+            left = [job.task.id for job in self._finalizer.blocking] + self._finalizer.abandoned
             logger.error("Stopped with %d tasks that could not be closed: %s", len(left), ", ".join(left))
             self.exit_code = ExitCode.INTERNAL_ERROR
         self._phase = STOPPED

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..client import BoefjeAPIClient
 from ..errors import APIError, APIStatusError, BoefjeNotFound, PluginError
@@ -126,26 +126,32 @@ def worker_main(conn: Connection, spec: WorkerSpec, parent_pid: int) -> None:
                 return
             _, raw_task, raw_duplicates = message
             started = time.monotonic()
-            outcome, unsettled = run_assignment(client, spec, raw_task, raw_duplicates, conn)
+            report = run_assignment(client, spec, raw_task, raw_duplicates, conn)
             tasks_done += 1
             # Decided before reporting, in the same message: otherwise the supervisor could hand a
             # new task to a worker that is about to leave.
             reason = retire_reason(tasks_done, spec.max_tasks_per_child, spec.max_memory_per_child)
-            conn.send(("done", raw_task["id"], outcome, time.monotonic() - started, unsettled, reason))
+            conn.send(("done", raw_task["id"], report, time.monotonic() - started, reason))
             if reason:
                 return
     finally:
         client.close()
 
 
+class Report(NamedTuple):
+    """What a worker tells the supervisor about one assignment."""
+
+    outcome: str
+    #: Duplicates this worker could not settle: the supervisor closes them.
+    unsettled: list[str] = []
+    #: The running PATCH was repeated after a try that may land late and reopen the closed task.
+    recheck: bool = False
+
+
 def run_assignment(
     client: BoefjeAPIClient, spec: WorkerSpec, raw_task: dict, raw_duplicates: list[dict], conn: Connection
-) -> tuple[str, list[str]]:
-    """Run one task and deliver its output to its duplicates.
-
-    Returns the outcome and the ids of duplicates this worker could not settle (the supervisor
-    closes those), so no task is left dispatched or running.
-    """
+) -> Report:
+    """Run one task and deliver its output to its duplicates, so no task is left dispatched or running."""
     task = Task.from_dict(raw_task)  # validated by the supervisor already: this cannot fail
     meta = task.data
     secrets = list((meta.environment or {}).values())
@@ -153,19 +159,20 @@ def run_assignment(
         secrets
     ):
         try:
-            client.patch_status(task.id, TaskStatus.RUNNING)
+            recheck = client.patch_status(task.id, TaskStatus.RUNNING)
         except APIStatusError as exc:
             logger.error("Could not start task: %s", exc)
-            return (SKIPPED if exc.status_code and exc.status_code < 500 else LOST), []
+            return Report(SKIPPED if exc.status_code and exc.status_code < 500 else LOST)
         except APIError as exc:
             logger.error("Could not start task: %s", exc)
-            return LOST, []
+            return Report(LOST)
         output = _run_boefje(spec, raw_task["data"], meta.boefje.id, meta.boefje.version, meta.boefje.oci_image)
         conn.send(("ran", task.id))  # only delivery is left: the supervisor may pop our next task now
         outcome = _deliver(client, task.id, output)
         if outcome not in (COMPLETED, FAILED):
-            return outcome, []
-        return outcome, _settle_duplicates(client, [Task.from_dict(item) for item in raw_duplicates], output)
+            return Report(outcome, [], recheck)
+        unsettled = _settle_duplicates(client, [Task.from_dict(item) for item in raw_duplicates], output)
+        return Report(outcome, unsettled, recheck)
 
 
 def _run_boefje(spec: WorkerSpec, data: dict, boefje_id: str, version: str | None, oci_image: str | None):
