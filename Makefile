@@ -15,7 +15,7 @@ demo: $(VENV)/.installed
 	$(PY) -m boefje_runtime.demo
 
 test: $(VENV)/.installed
-	$(PY) -m ruff check boefje_runtime boefje_runtime_cli tests examples benchmarks
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.installed
