@@ -19,19 +19,16 @@ Worker processes forked later close the inherited listening socket (``close_inhe
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import selectors
-import socket
-import socketserver
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from ._http_server import StoppableHTTPServer
 from .metrics import MetricsUnavailable, PoolMetrics
 from .pool.events import PoolEvents
 
@@ -260,40 +257,9 @@ class _Handler(BaseHTTPRequestHandler):
         logger.debug("%s %s", self.address_string(), format % args)
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    """Stops at once: a wake-up socket ends the accept loop, where ``serve_forever`` would poll."""
-
-    daemon_threads = True  # an open probe connection never delays the process's exit
-    allow_reuse_address = True  # a restarted runtime gets its port back straight away
+class _HTTPServer(StoppableHTTPServer):
+    """The operator endpoint's server: hands every path to ``answer``."""
 
     def __init__(self, address: tuple[str, int], answer: Callable[[str], tuple[int, str, bytes]]) -> None:
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
         self.answer = answer
-        self._stopping = False
-        self._wake_reader, self._wake_writer = socket.socketpair()  # before binding: server_close() needs them
         super().__init__(address, _Handler)
-
-    def serve(self) -> None:
-        with selectors.DefaultSelector() as selector:
-            selector.register(self, selectors.EVENT_READ)
-            selector.register(self._wake_reader, selectors.EVENT_READ)
-            while not self._stopping:
-                ready = selector.select()
-                if not self._stopping and any(key.fileobj is self for key, _ in ready):
-                    self._handle_request_noblock()
-
-    def wake_and_stop(self) -> None:
-        self._stopping = True
-        with contextlib.suppress(OSError):
-            self._wake_writer.send(b"x")
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind looks up the host's FQDN, which can stall on DNS: skip it.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
-
-    def server_close(self) -> None:
-        super().server_close()
-        self._wake_reader.close()
-        self._wake_writer.close()

@@ -22,9 +22,7 @@ import itertools
 import json
 import random
 import re
-import selectors
 import socket
-import socketserver
 import sys
 import threading
 import time
@@ -34,10 +32,11 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from .._http_server import StoppableHTTPServer
 from ..errors import ParseError
 from ..filters import check_filters, evaluate
 from ..models import BoefjeOutput, Task, TaskStatus
@@ -647,51 +646,16 @@ def _bind(host: str, port: int) -> _HTTPServer:
     return _HTTPServer((host, 0), _Handler)
 
 
-class _HTTPServer(ThreadingHTTPServer):
+class _HTTPServer(StoppableHTTPServer):
     """Tracks open connections so ``stop()`` can cut them, like a real outage."""
 
-    daemon_threads = True
-    allow_reuse_address = True
     request_queue_size = 128
     api: BoefjeAPIServer
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
-        self._stopping = False
-        self._wake_reader, self._wake_writer = socket.socketpair()  # before binding: server_close() needs them
         super().__init__(address, handler)
-
-    def serve(self) -> None:
-        """Accept connections until :meth:`wake_and_stop`.
-
-        Not ``serve_forever``: that polls for shutdown, so every stop() would cost a poll interval,
-        paid by each test using the fixture. A wake-up socket makes stopping immediate.
-        """
-        with selectors.DefaultSelector() as selector:
-            selector.register(self, selectors.EVENT_READ)
-            selector.register(self._wake_reader, selectors.EVENT_READ)
-            while not self._stopping:
-                ready = selector.select()
-                if not self._stopping and any(key.fileobj is self for key, _ in ready):
-                    self._handle_request_noblock()
-
-    def wake_and_stop(self) -> None:
-        self._stopping = True
-        with contextlib.suppress(OSError):
-            self._wake_writer.send(b"x")
-
-    def server_close(self) -> None:
-        super().server_close()
-        self._wake_reader.close()
-        self._wake_writer.close()
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind looks up the host's FQDN, which can stall on DNS: skip it.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._connections_lock:
