@@ -1,0 +1,50 @@
+"""Keeps ``benchmarks/bench.py`` from rotting: a quick run of a few measurements must finish, print
+its table and write its JSON. Targets are not asserted here: a shared CI machine makes the numbers
+noisy, and the benchmark exists to report them, not to gate a commit on them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench.py"
+#: Throughput (forked pools and bare loops), memory (the CLI in worker mode, /proc) and one-shot
+#: (the CLI per task) exercise every moving part of the harness.
+MEASUREMENTS = "throughput,memory,oneshot"
+
+
+def run_bench(*args: str, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(BENCH), *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.timeout(170)
+def test_quick_run_writes_every_figure_of_the_chosen_measurements(tmp_path):
+    # given a quick plan with small throughput runs
+    out = tmp_path / "bench.json"
+
+    # when
+    result = run_bench("--quick", "--repeat", "1", "--tasks", "60", "--only", MEASUREMENTS, "--json", str(out),
+                       timeout=150)
+
+    # then it ran without measurement errors, printed the table and wrote the JSON
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "figure" in result.stdout and "target" in result.stdout
+    report = json.loads(out.read_text())
+    assert report["errors"] == {}
+    keys = {figure["key"] for figure in report["figures"]}
+    for key in ("pool-2.tasks_per_s", "cpu_ratio.default_session", "cpu_ratio.no_env", "tput_ratio.no_env",
+                "pool-2.requests_per_task", "memory.idle.pss_mb", "memory.pss_mb_growth_pct", "oneshot.wall_s"):
+        assert key in keys
+    assert all(figure["value"] is not None for figure in report["figures"])
+    assert next(f for f in report["figures"] if f["key"] == "throughput.lost")["value"] == 0
+
+
+def test_unknown_measurement_is_a_usage_error():
+    result = run_bench("--only", "nonsense", timeout=30)
+
+    assert result.returncode == 2
+    assert "unknown measurement" in result.stderr
