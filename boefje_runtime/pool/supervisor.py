@@ -8,13 +8,15 @@ steps. All HTTP, logging and joins happen here, never in a signal handler.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import os
+import selectors
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from multiprocessing.connection import wait as wait_for_objects
 from typing import TYPE_CHECKING
 
 from ..client import BoefjeAPIClient
@@ -93,6 +95,9 @@ class WorkerPool:
         self._popped = 0
         self._drain_deadline = 0.0
         self._thread: threading.Thread | None = None
+        #: Worker pipes and exit sentinels (and the signal wake-up fd), registered once: a selector
+        #: built per wait cost more than the rest of a step.
+        self._selector = selectors.DefaultSelector()
 
     @classmethod
     def from_config(cls, config: RuntimeConfig, *, registry: BoefjeRegistry | None = None) -> WorkerPool:
@@ -128,6 +133,8 @@ class WorkerPool:
     def run(self) -> int:
         """Run until signalled (or, in burst mode, until the queue is empty); return the exit code."""
         installed = self._signals.install()
+        if installed:
+            self._selector.register(self._signals.wakeup_fd, selectors.EVENT_READ, None)
         try:
             while self._phase != STOPPED:
                 try:
@@ -177,6 +184,7 @@ class WorkerPool:
             self._finalizer.run(now)
         if self._phase == RUNNING:
             self._fill(now)
+            self._dispatch(now)  # first what we hold: a pop blocks for a round trip
             self._poll(now)
             self._dispatch(now)
         elif self._phase == DRAINING:
@@ -206,13 +214,25 @@ class WorkerPool:
             self._drain_deadline = now
 
     def _collect(self, now: float) -> None:
-        """Read every message the workers sent since the last step."""
-        for worker in self.workers:
-            try:
-                while worker.conn.poll():
+        """Read every message the workers sent since the last step (one per readable pipe per round)."""
+        for _ in range(1000):  # bounded: a flood from a broken worker must not starve the loop
+            readable = [
+                key.data
+                for key, _ in self._selector.select(0)
+                if key.data is not None and key.fileobj is key.data.conn
+            ]
+            if not readable:
+                return
+            for worker in readable:
+                try:
                     self._on_message(worker, worker.conn.recv(), now)
-            except (EOFError, OSError):
-                continue  # it died; _reap explains how
+                except (EOFError, OSError):
+                    self._unregister(worker.conn)  # it is dying; its sentinel tells _reap when it is gone
+
+    def _unregister(self, *fileobjs: object) -> None:
+        for fileobj in fileobjs:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(fileobj)
 
     def _on_message(self, worker: WorkerHandle, message: tuple, now: float) -> None:
         kind = message[0]
@@ -260,6 +280,7 @@ class WorkerPool:
         for worker in [worker for worker in self.workers if worker.exitcode is not None]:
             self.workers.remove(worker)
             self._collect_last_words(worker, now)
+            self._unregister(worker.conn, worker.process.sentinel)
             worker.conn.close()
             code = worker.exitcode
             how = describe_exit(code, oom_kills=self._oom.new_kills() if code is not None and code < 0 else 0)
@@ -328,19 +349,29 @@ class WorkerPool:
             max_tasks_per_child=self.settings.max_tasks_per_child,
             max_memory_per_child=self.settings.max_memory_per_child,
         )
+        gc.freeze()  # objects alive now are never collected in the child: their pages stay shared
         process = spawn(w.worker_main, (child_end, spec, os.getpid()))
         child_end.close()
-        self.workers.append(WorkerHandle(process, parent_end, now))
+        worker = WorkerHandle(process, parent_end, now)
+        self._selector.register(parent_end, selectors.EVENT_READ, worker)
+        self._selector.register(process.sentinel, selectors.EVENT_READ, worker)
+        self.workers.append(worker)
+
+    def _wanted(self) -> int:
+        """How many tasks to pop now: one per idle worker (and per worker that is only delivering
+        its output, with pop-ahead), plus the prefetch, minus what we already hold."""
+        free = 0
+        for worker in self.workers:
+            if worker.idle or (self.settings.pop_ahead and worker.finishing and worker.retiring is None):
+                free += 1
+        return free + self.settings.prefetch - len(self._local)
 
     def _poll(self, now: float) -> None:
         """Pop only for free workers (plus any prefetch), so tasks never wait on a busy container."""
         if now < self._next_pop:
             return
         busy = any(worker.assignment for worker in self.workers)
-        free = sum(1 for worker in self.workers if worker.idle)
-        if self.settings.pop_ahead:
-            free += sum(1 for worker in self.workers if worker.finishing and worker.retiring is None)
-        want = free + self.settings.prefetch - len(self._local)
+        want = self._wanted()
         if self.settings.max_tasks is not None:
             left = self.settings.max_tasks - self._popped
             if left <= 0:
@@ -441,7 +472,7 @@ class WorkerPool:
         if self._phase == STOPPED:
             return 0.0
         deadlines = [now + self.settings.heartbeat]
-        if self._phase == RUNNING and any(worker.idle or worker.finishing for worker in self.workers):
+        if self._phase == RUNNING and self._wanted() > 0:  # else waking up for a pop would spin
             deadlines.append(self._next_pop)
         if self._phase == DRAINING:
             deadlines.append(self._drain_deadline)
@@ -461,12 +492,9 @@ class WorkerPool:
 
     def _wait(self, timeout: float) -> None:
         """Sleep until a worker reports or exits, a signal arrives, or ``timeout`` passes."""
-        objects: list = [worker.conn for worker in self.workers] + [worker.process.sentinel for worker in self.workers]
-        if self._signals.wakeup_fd is not None:
-            objects.append(self._signals.wakeup_fd)
         if self._stop_requests > self._signals_seen - self._signals.count:
             return
-        wait_for_objects(objects, timeout)
+        self._selector.select(timeout)
         self._signals.drain_wakeups()
 
     def _close(self) -> None:
@@ -475,4 +503,5 @@ class WorkerPool:
             worker.kill("the supervisor is exiting")
         for worker in self.workers:
             worker.process.join(5)
+        self._selector.close()
         self._api.close()
