@@ -174,6 +174,7 @@ def throughput_specs(plan: Plan) -> list[Spec]:
         Spec("pool-2-single", "pool", 2, pop_mode="single"),
         Spec("pool-8-single", "pool", 8, pop_mode="single"),
         Spec("pool-2-info-log", "pool", 2, info_log=True),
+        Spec("pool-2-prefetch-1", "pool", 2, prefetch=1),
         Spec("pool-2-prefetch-2", "pool", 2, prefetch=2),
         Spec("bare", "bare", 1),
         Spec("bare-no-env", "bare", 1, trust_env=False),
@@ -281,6 +282,8 @@ def measure_throughput(bench: Bench) -> None:
               paired("pool-2-info-log", "pool-2", "cpu_ms_per_task"), "x")
     bench.add("prefetch.tput_ratio", "what-if: throughput pool-2 with prefetch=2 / pool-2 (default prefetch 0)",
               paired("pool-2-prefetch-2", "pool-2", "tasks_per_s"), "x")
+    bench.add("prefetch1.tput_ratio", "what-if: throughput pool-2 with prefetch=1 / 2 bare loops (default Session)",
+              paired("pool-2-prefetch-1", "bare-x2", "tasks_per_s"), "x")
     bench.add("prefetch.cpu_ratio", "what-if: CPU/task pool-2 with prefetch=2 / bare loop (default Session)",
               paired("pool-2-prefetch-2", "bare", "cpu_ms_per_task"), "x")
     for key, label in (("bare", "1 bare loop"), ("bare-no-env", "1 bare loop, trust_env=False"),
@@ -316,6 +319,9 @@ def _request_figures(bench: Bench, runs: dict[str, list[dict[str, Any]]], n: int
         bench.add(f"{key}.requests_per_task", f"requests/task, pool-2, {mode}", totals, at_most=bound,
                   note=by_endpoint)
     others = [f"pool-{size}" for size in bench.plan.pool_sizes if size != 2]
+    totals, by_endpoint = per_task("pool-2-prefetch-1")
+    bench.add("pool-2-prefetch-1.requests_per_task", "requests/task, pool-2, API honours limit, PREFETCH=1",
+              totals, at_most=2.5, note=by_endpoint)
     for key in [*others, "pool-8-single", "pool-2-prefetch-2", "bare"]:
         totals, by_endpoint = per_task(key)
         bench.add(f"{key}.requests_per_task", f"requests/task, {key}", totals, note=by_endpoint)

@@ -28,7 +28,8 @@ class PoolSettings:
     #: On SIGTERM/SIGINT, how long running tasks get to finish before they are killed (seconds).
     shutdown_timeout: float = 25.0
     #: Tasks popped beyond the free workers. 0, because a prefetched task waits on a busy
-    #: container while other containers may be idle.
+    #: container while other containers may be idle. N > 0 pops in batches of N + 1: fewer
+    #: requests (2 + 1/(N+1) per task) for queues that are always full.
     prefetch: int = 0
     #: Pop for a worker as soon as its boefje has returned, while it is still posting the output,
     #: so the pop's round trip overlaps the delivery. The task waits in the supervisor (any idle

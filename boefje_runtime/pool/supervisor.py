@@ -366,6 +366,12 @@ class WorkerPool:
                 free += 1
         return free + self.settings.prefetch - len(self._local)
 
+    def _worth_popping(self, want: int) -> bool:
+        """With a prefetch, pop in batches of ``prefetch + 1`` (2 + 1/(prefetch+1) requests per task)
+        instead of one pop per finished task; but never while a worker sits idle with nothing held."""
+        idle = sum(1 for worker in self.workers if worker.idle)
+        return idle > len(self._local) or want > self.settings.prefetch
+
     def _poll(self, now: float) -> None:
         """Pop only for free workers (plus any prefetch), so tasks never wait on a busy container."""
         if now < self._next_pop:
@@ -379,7 +385,7 @@ class WorkerPool:
                     self._begin_shutdown(now, f"the task limit ({self.settings.max_tasks}) was reached")
                 return
             want = min(want, left)
-        if want <= 0:
+        if want <= 0 or not self._worth_popping(want):
             return
         try:
             raw_tasks = self._api.pop_raw(self.settings.queue, self.task_filter, want)
@@ -472,7 +478,8 @@ class WorkerPool:
         if self._phase == STOPPED:
             return 0.0
         deadlines = [now + self.settings.heartbeat]
-        if self._phase == RUNNING and self._wanted() > 0:  # else waking up for a pop would spin
+        want = self._wanted() if self._phase == RUNNING else 0
+        if want > 0 and self._worth_popping(want):  # else waking up for a pop would spin
             deadlines.append(self._next_pop)
         if self._phase == DRAINING:
             deadlines.append(self._drain_deadline)
