@@ -37,11 +37,15 @@ class OutputStatus(str, enum.Enum):
 
 
 def _enum(cls: type[enum.Enum], value: Any, path: str) -> Any:
-    try:
-        return cls(value)
-    except ValueError:
-        allowed = ", ".join(member.value for member in cls)
-        raise ParseError(path, f"expected one of {allowed}, got {p.describe(value)}") from None
+    # Strings only: for anything else Enum builds its own error message with repr(value), which
+    # raises RecursionError for deeply nested JSON (and is slow for a huge one).
+    if isinstance(value, str):
+        try:
+            return cls(value)
+        except ValueError:
+            pass
+    allowed = ", ".join(member.value for member in cls)
+    raise ParseError(path, f"expected one of {allowed}, got {p.describe(value)}") from None
 
 
 @dataclass

@@ -25,6 +25,8 @@ import logging
 from contextlib import ExitStack
 from urllib.parse import urljoin, urlsplit
 
+import requests
+
 from .client import BoefjeAPIClient
 from .config import RuntimeConfig
 from .errors import APIError, APIResponseError, BoefjeNotFound, ParseError, PluginError
@@ -74,6 +76,14 @@ def _reason(exc: APIError) -> str:
         elif text.startswith("answered "):
             text = "the server " + text
     return _one_line(text)
+
+
+def _as_sent(url: str) -> str:
+    """``url`` as requests will send it (normalised by its own parser, which picks the host it connects
+    to). Raises ``ValueError`` (requests' ``InvalidURL`` is one) for a URL it would refuse."""
+    prepared = requests.PreparedRequest()
+    prepared.prepare_url(url, None)
+    return prepared.url
 
 
 class _Failure(Exception):
@@ -178,6 +188,9 @@ class _OneShot:
         """The absolute output URL, refused unless it is on the input URL's origin (or that is allowed)."""
         url = urljoin(self.input_url, output_url)  # a relative output_url stays on the input's origin
         try:
+            # Check the URL exactly as it will be sent: urlsplit and requests' parser disagree on some
+            # (``http://evil:1\\@boefje:8000/`` is boefje:8000 to urlsplit, evil:1 to requests).
+            url = _as_sent(url)
             same = origin(url) == origin(self.input_url)
         except ValueError as exc:
             raise _Failure(ExitCode.OUTPUT_UNDELIVERABLE, f"Refusing output URL {url}: {exc}") from None
