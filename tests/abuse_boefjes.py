@@ -1,0 +1,134 @@
+"""Boefjes that misbehave on purpose, for tests/test_abuse.py and tests/test_security.py.
+
+Registered as callables, they run in forked pool workers and talk to the test through files named
+in the task's ``arguments``. Every wait is bounded, so a broken test cannot leave them running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from boefje_runtime.plugins import BoefjeRegistry
+
+from . import pool_boefjes
+
+MIB = 2**20
+
+
+def _vm_size() -> int:
+    """This process's virtual memory size in bytes (what RLIMIT_AS limits)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmSize in /proc/self/status")
+
+
+def memory_bomb(meta: dict) -> list:
+    """Cap this worker's address space a little above what it uses, then allocate without end.
+
+    The cap is set here, inside the worker, so no other process is limited. It is left in place on
+    purpose: a boefje can change process-wide limits, and the worker lives on with them.
+    """
+    headroom = meta["arguments"].get("headroom_mib", 256) * MIB
+    limit = _vm_size() + headroom
+    _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    hoard = []
+    while True:  # bytearray(n) is calloc'd: address space, hardly any resident memory
+        hoard.append(bytearray(16 * MIB))
+
+
+def stdout_flood(meta: dict) -> list:
+    """Write ``mib`` MiB to stdout with print(), as a chatty scanner would."""
+    chunk = "x" * (MIB - 1)
+    for _ in range(meta["arguments"]["mib"]):
+        print(chunk)
+    sys.stdout.flush()
+    return [({"text/plain"}, b"flooded")]
+
+
+def fork_and_leave(meta: dict) -> list:
+    """Start children that outlive this call (forked copies and a ``sleep`` process), record their
+    pids, then return normally or end the worker process itself (``then: "exit"``)."""
+    arguments = meta["arguments"]
+    lifetime = arguments.get("lifetime", 60)
+    pids = []
+    for _ in range(2):
+        pid = os.fork()
+        if pid == 0:  # the child: never return into the worker's code
+            try:
+                time.sleep(lifetime)
+            finally:
+                os._exit(0)
+        pids.append(pid)
+    sleeper = subprocess.Popen(["sleep", str(lifetime)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    pids.append(sleeper.pid)
+    Path(arguments["pid_file"]).write_text(json.dumps({"worker": os.getpid(), "children": pids}))
+    if arguments.get("then") == "exit":
+        os._exit(3)
+    return [({"text/plain"}, b"forked")]
+
+
+def ignore_sigterm(meta: dict) -> list:
+    """Ignore SIGTERM (for the rest of this process's life), then hold until released (bounded)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return pool_boefjes.hold(meta)
+
+
+def big_output(meta: dict) -> list:
+    """One file of ``mib`` MiB, or (``pieces``) a generator of that many 1 MiB files."""
+    arguments = meta["arguments"]
+    if arguments.get("pieces"):
+        return ([{"application/octet-stream"}, b"y" * MIB] for _ in range(arguments["pieces"]))
+    return [({"application/octet-stream"}, b"x" * (arguments["mib"] * MIB))]
+
+
+def dump_environment(meta: dict) -> list:
+    """Everything the boefje can see in its environment, as its output."""
+    return [({"application/json"}, json.dumps(dict(os.environ)))]
+
+
+def leak_environment(meta: dict) -> list:
+    """Try to leak this task's environment into the next task's run, and into the worker."""
+    os.environ["LEAKED_BY_BOEFJE"] = os.environ.get("PLANTED", "<unset>")
+    return [({"text/plain"}, b"planted")]
+
+
+def raise_secret(meta: dict) -> list:
+    """Raise (and log, and tag) with the organisation's secret in the message."""
+    import logging
+
+    token = os.environ["API_TOKEN"]
+    logging.getLogger("abuse").warning("connecting with token %s", token)
+    raise PermissionError(f"the scanner refused token {token!r} (token={token})")
+
+
+def tag_secret(meta: dict) -> list:
+    """Return a tag made of the secret: the runtime drops it with a warning that must not quote it."""
+    return [({"text/plain", os.environ["API_TOKEN"]}, b"tagged")]
+
+
+def registry() -> BoefjeRegistry:
+    boefjes = pool_boefjes.registry()
+    for boefje_id, func in {
+        "memory-bomb": memory_bomb,
+        "stdout-flood": stdout_flood,
+        "fork-and-leave": fork_and_leave,
+        "ignore-sigterm": ignore_sigterm,
+        "big-output": big_output,
+        "dump-environment": dump_environment,
+        "leak-environment": leak_environment,
+        "raise-secret": raise_secret,
+        "tag-secret": tag_secret,
+    }.items():
+        boefjes.register(boefje_id, func, oci_image="test-image")
+    return boefjes

@@ -1,0 +1,474 @@
+"""Fuzzing with hypothesis: untrusted payloads meet the models, the client, the pool and the CLI.
+
+What may come out of each, whatever goes in:
+
+- the models' ``from_dict``: a parsed object or :class:`ParseError`, nothing else;
+- the client's ``pop``/``pop_raw``/``get_task``/``fetch_input``/``deliver_output``: an answer or a
+  :class:`BoefjeRuntimeError` subclass (its callers catch exactly those);
+- worker mode: a malformed task in a pop answer is reported and, when it has a usable id, marked
+  failed; the pool keeps working;
+- the one-shot CLI: the documented exit code (INPUT_MALFORMED for a 2xx answer that is not a task,
+  INPUT_UNAVAILABLE for an error status) and exactly one line on stderr.
+
+Inputs: random JSON, valid tasks with fields deleted or replaced (wrong types, huge strings, deep
+nesting, lone surrogates, i.e. invalid UTF-8 once encoded), random bytes, invalid UTF-8, bodies
+that are not JSON, JSON nested deeper than the decoder's recursion limit, and odd headers. The
+named tests after each property pin the bugs these found (all fixed now).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import strategies as st
+
+from boefje_runtime import BoefjeAPIClient, RetryPolicy, TaskFilter
+from boefje_runtime.config import SETTINGS
+from boefje_runtime.errors import APIResponseError, BoefjeRuntimeError, ParseError
+from boefje_runtime.exit_codes import ExitCode
+from boefje_runtime.models import (
+    BoefjeInput,
+    BoefjeMeta,
+    BoefjeOutput,
+    BoefjeRef,
+    OutputFile,
+    OutputStatus,
+    Task,
+    parse_task_list,
+)
+from boefje_runtime.pool import PoolSettings, WorkerPool
+from boefje_runtime.retry import NO_RETRY
+from boefje_runtime.testing import BoefjeAPIServer, make_task
+
+from . import pool_boefjes
+
+FIXED_ID = "0b0e9a3c-6a43-4f5e-9a2b-7d1c2f3e4a5b"
+#: JSON nested far deeper than the decoder's recursion limit.
+DEEP = b"[" * 100_000 + b"]" * 100_000
+IMAGE = "test-image"
+
+# -- strategies -----------------------------------------------------------------------------------
+
+# Lone surrogates are what JSON's "\udc80" decodes to: text that is not valid UTF-8 once encoded.
+nasty_text = st.sampled_from([
+    "", " ", "\x00", "\ud800", "abc\udfff", "\n\r\t", "\u2028", "é" * 3, "../../etc/passwd", "$(touch /tmp/x)",
+    "null", "1e999", "2024-13-45T25:61:61", "2024-01-01T00:00:00+99:00", "Z", "queued ", "QUEUED",
+])
+huge_text = st.sampled_from(["x" * 100_000, "é" * 50_000, "\n" * 10_000])
+scalars = (
+    st.none() | st.booleans() | st.integers() | st.integers(min_value=2**63, max_value=2**70)
+    | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=20) | nasty_text
+)
+json_values = st.recursive(
+    scalars,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6) | nasty_text, children,
+                                                                     max_size=4),
+    max_leaves=16,
+)
+# Values no JSON decoder produces, for callers that hand the models Python objects directly.
+python_oddities = st.sampled_from([b"bytes", bytearray(b"ba"), {1, 2}, (1, 2), 1j, object(), Ellipsis, {1: "int key"}])
+
+
+def nested(value: Any, depth: int) -> Any:
+    for level in range(depth):
+        value = [value] if level % 2 else {"k": value}
+    return value
+
+
+weird_values = (
+    json_values | huge_text | python_oddities
+    | st.builds(nested, json_values, st.integers(min_value=20, max_value=200))
+)
+
+
+def _paths(obj: Any, prefix: tuple = ()) -> Iterator[tuple]:
+    """Every path to a value inside nested dicts (the places a mutation can hit)."""
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            yield (*prefix, key)
+            yield from _paths(value, (*prefix, key))
+
+
+@st.composite
+def mutated_tasks(draw, task_id: str = FIXED_ID, keep_id: bool = False) -> dict:
+    """A valid task with 1-3 fields deleted, replaced by something odd, or added."""
+    task = make_task(
+        draw(st.sampled_from(["hello", "dns-records"])),
+        task_id=task_id,
+        oci_image=draw(st.sampled_from([None, IMAGE])),
+        environment=draw(st.sampled_from([None, {"KEY": "value"}])),
+        arguments=draw(st.sampled_from([{}, {"input": {"name": "example.com"}}])),
+    )
+    for _ in range(draw(st.integers(1, 3))):
+        paths = [path for path in _paths(task) if not (keep_id and path == ("id",))]
+        if not paths:
+            break
+        path = draw(st.sampled_from(paths))
+        parent = task
+        for key in path[:-1]:
+            parent = parent[key]
+        if not isinstance(parent, dict):
+            continue
+        action = draw(st.sampled_from(["delete", "replace", "replace", "add"]))
+        if action == "delete":
+            parent.pop(path[-1], None)
+        elif action == "replace":
+            parent[path[-1]] = draw(weird_values)
+        else:
+            parent[draw(st.text(max_size=8) | nasty_text)] = draw(json_values)
+    return task
+
+
+task_like = mutated_tasks() | json_values | weird_values
+
+
+def to_json_bytes(value: Any) -> bytes | None:
+    """JSON text for a value (ASCII-escaped, so lone surrogates travel as ``\\udxxx``), or None."""
+    try:
+        return json.dumps(value, ensure_ascii=True).encode()
+    except (TypeError, ValueError, RecursionError):
+        return None
+
+
+# -- the models -----------------------------------------------------------------------------------
+
+MODEL_PARSERS = [Task.from_dict, BoefjeMeta.from_dict, BoefjeRef.from_dict, BoefjeInput.from_dict,
+                 BoefjeOutput.from_dict, OutputFile.from_dict, parse_task_list]
+_examples: dict[str, int] = {}
+
+
+def _count(name: str) -> None:
+    _examples[name] = _examples.get(name, 0) + 1
+
+
+def _only_parse_errors(parser, payload: Any) -> Any:
+    try:
+        return parser(payload)
+    except ParseError:
+        return None
+
+
+@settings(max_examples=400, deadline=None)
+@given(payload=task_like)
+def test_task_parsing_raises_only_parse_errors(payload):
+    _count("models: task")
+    task = _only_parse_errors(Task.from_dict, payload)
+    for parser in MODEL_PARSERS:
+        _only_parse_errors(parser, payload)
+    _only_parse_errors(BoefjeMeta.from_dict, payload.get("data") if isinstance(payload, dict) else payload)
+    _only_parse_errors(BoefjeInput.from_dict, {"task": payload, "output_url": "http://boefje/x"})
+    _only_parse_errors(parse_task_list, [payload])
+    if task is not None and to_json_bytes(payload) is not None:
+        # What parsed must write back what it read (unknown fields included) and parse again.
+        again = Task.from_dict(json.loads(json.dumps(task.to_dict())))
+        assert json.dumps(again.to_dict(), sort_keys=True) == json.dumps(task.to_dict(), sort_keys=True)
+        for key, value in payload.items():
+            if key not in Task._KNOWN:
+                assert json.dumps(task.to_dict()[key]) == json.dumps(value)
+
+
+TASK_FIELDS = list(_paths(make_task("hello", task_id=FIXED_ID, environment={"K": "v"})))
+
+
+@pytest.mark.parametrize("path", TASK_FIELDS, ids=".".join)
+def test_nesting_past_the_recursion_limit_anywhere_in_a_task_is_a_parse_error_or_kept(path):
+    """Hypothesis cannot print such values, so this one walks every field by hand. Found a bug:
+    a deeply nested ``status`` raised RecursionError (Enum's own error message repr()s the value)."""
+    task = make_task("hello", task_id=FIXED_ID, environment={"K": "v"})
+    parent = task
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] = nested(1, 10_000)
+    for payload in (task, {"task": task, "output_url": "/x"}, {"status": "FAILED", "files": [task]},
+                    {"status": task, "files": None}, {"name": "0", "content": "", "tags": task}, [task]):
+        for parser in MODEL_PARSERS:
+            _only_parse_errors(parser, payload)
+
+
+output_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "status": st.sampled_from(["COMPLETED", "FAILED", "completed", ""]) | weird_values,
+        "files": st.lists(
+            st.fixed_dictionaries({}, optional={"name": st.text(max_size=5) | weird_values,
+                                                "content": st.text(max_size=10) | weird_values,
+                                                "tags": st.lists(st.text(max_size=8) | weird_values, max_size=3)
+                                                | weird_values}),
+            max_size=3,
+        ) | weird_values,
+    },
+) | weird_values
+
+
+@settings(max_examples=300, deadline=None)
+@given(payload=output_like)
+def test_output_parsing_raises_only_parse_errors(payload):
+    _count("models: output")
+    output = _only_parse_errors(BoefjeOutput.from_dict, payload)
+    if output is not None:
+        assert BoefjeOutput.from_dict(output.to_dict()) == output
+    _only_parse_errors(OutputFile.from_dict, payload)
+
+
+# -- the client -----------------------------------------------------------------------------------
+
+header_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=12)
+odd_headers = st.sampled_from([
+    None,
+    {"Retry-After": "1"},
+    {"Retry-After": "-3"},
+    {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"},
+    {"Content-Type": "text/html; charset=latin-1"},
+    {"Content-Encoding": "gzip"},
+    {"Content-Encoding": "br, deflate"},
+    {"Location": "http://127.0.0.1:1/elsewhere"},
+]) | st.builds(lambda name, value: {name or "X-Odd": value}, st.sampled_from(["X-Odd", "Retry-After", "Content-Type"]),
+               header_text)
+
+
+def body_for(endpoint: str, value: Any) -> bytes | None:
+    """A pop answer is a list (or ``{"results": ...}``), an input wraps the task, get is the task."""
+    if endpoint == "pop":
+        return to_json_bytes([value])
+    if endpoint == "input":
+        return to_json_bytes({"task": value, "output_url": "/api/v0/tasks/x"})
+    return to_json_bytes(value)
+
+
+raw_bodies = st.one_of(
+    st.binary(max_size=200),
+    st.sampled_from([b"", b"\xff\xfe\xfd", b'"\xc3\x28"', b'["\xed\xa0\x80"]', b"<html>502 Bad Gateway</html>",
+                     b"null", b"[]", b"{}", b'{"results": 5}', b'{"results": [null]}', b"[" * 50, b"NaN",
+                     b'{"task": {}, "output_url": 5}', b"\x00" * 100, b'"' + b"a" * 1_000_000 + b'"', DEEP,
+                     b'{"a":' * 5000 + b"1" + b"}" * 5000]),
+)
+
+
+@st.composite
+def client_faults(draw) -> tuple[str, bytes, int, dict | None]:
+    endpoint = draw(st.sampled_from(["pop", "get", "input", "output"]))
+    body = draw(raw_bodies | st.builds(lambda v: body_for(endpoint, v) or b"", task_like))
+    status = draw(st.sampled_from([200, 200, 200, 201, 204, 301, 400, 403, 404, 409, 422, 500, 503]))
+    return endpoint, body, status, draw(odd_headers)
+
+
+@pytest.fixture(scope="module")
+def fuzz_api() -> Iterator[BoefjeAPIServer]:
+    with BoefjeAPIServer() as server:
+        yield server
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+@given(fault=client_faults())
+def test_client_calls_raise_only_runtime_errors(fuzz_api, fault):
+    _count("client")
+    endpoint, body, status, headers = fault
+    fuzz_api.clear_faults()
+    fuzz_api.inject(endpoint, body=body, status=status, headers=headers)
+    with BoefjeAPIClient(fuzz_api.url, timeout=5, retry=NO_RETRY) as client:
+        calls = {
+            "pop": [lambda: client.pop_raw(), lambda: client.pop()],
+            "get": [lambda: client.get_task("some-task")],
+            "input": [lambda: client.fetch_input(client.input_url("some-task"))],
+            "output": [lambda: client.deliver_output(client.input_url("some-task"),
+                                                     BoefjeOutput(OutputStatus.COMPLETED, []))],
+        }[endpoint]
+        for call in calls:
+            with contextlib.suppress(BoefjeRuntimeError):
+                call()
+            fuzz_api.inject(endpoint, body=body, status=status, headers=headers)  # again for the next call
+    assert fuzz_api.errors == []
+
+
+# Regressions: each of these escaped the client as something else before (found by the fuzzing).
+
+
+@pytest.mark.parametrize("call", ["pop_raw", "get_task", "fetch_input"])
+def test_deeply_nested_json_is_an_api_response_error(boefje_api, call):
+    """json.loads raises RecursionError, not ValueError, past its nesting limit."""
+    endpoint = {"pop_raw": "pop", "get_task": "get", "fetch_input": "input"}[call]
+    boefje_api.inject(endpoint, body=DEEP)
+    with BoefjeAPIClient(boefje_api.url, timeout=5, retry=NO_RETRY) as client:
+        calls = {"pop_raw": client.pop_raw, "get_task": lambda: client.get_task("x"),
+                 "fetch_input": lambda: client.fetch_input(client.input_url("x"))}
+        with pytest.raises(APIResponseError):
+            calls[call]()
+
+
+@pytest.mark.parametrize("retry_after", ["nan", "inf", "-5", "1e999"])
+def test_an_unusable_retry_after_falls_back_to_our_own_back_off(boefje_api, retry_after):
+    """``Retry-After: nan`` made the retry sleep raise ValueError; inf waited the whole budget."""
+    boefje_api.inject("get", status=503, headers={"Retry-After": retry_after})
+    task_id = boefje_api.enqueue(make_task("hello"))
+    started = time.monotonic()
+    with BoefjeAPIClient(boefje_api.url, timeout=5, retry=RetryPolicy(attempts=2, total_seconds=30)) as client:
+        assert client.get_task(task_id).id == task_id
+    assert time.monotonic() - started < 5
+
+
+def test_a_2xx_output_answer_that_is_not_json_counts_as_delivered(boefje_api):
+    """The API stored the output; treating the odd answer as a failure made the worker mark the
+    completed task failed."""
+    task_id = boefje_api.enqueue(make_task("hello"))
+    boefje_api.set_status(task_id, "running")
+    boefje_api.inject("output", body=b"<html>ok</html>", status=200)
+    with BoefjeAPIClient(boefje_api.url, timeout=5, retry=NO_RETRY) as client:
+        assert client.post_output(task_id, BoefjeOutput(OutputStatus.COMPLETED, [])) == {}
+
+
+# -- worker mode ------------------------------------------------------------------------------------
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture(scope="module")
+def fuzz_pool(fuzz_api) -> Iterator[tuple[WorkerPool, _Lines]]:
+    lines = _Lines()
+    logger = logging.getLogger("boefje_runtime.pool")
+    logger.addHandler(lines)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    pool = WorkerPool(
+        BoefjeAPIClient(fuzz_api.url, timeout=5, retry=RetryPolicy(attempts=3, total_seconds=5, initial_wait=0.05)),
+        TaskFilter([IMAGE]),
+        registry=pool_boefjes.registry(),
+        settings=PoolSettings(pool_size=1, poll_interval=0.05, max_error_backoff=0.2, shutdown_timeout=2),
+    ).start()
+    try:
+        yield pool, lines
+    finally:
+        pool.stop(immediate=True, timeout=20)
+        logger.removeHandler(lines)
+        logger.setLevel(level)
+
+
+def _wait(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
+_victims = iter(range(10**6))
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                 HealthCheck.too_slow])
+@given(data=st.data())
+def test_worker_mode_fails_malformed_tasks_and_keeps_going(fuzz_api, fuzz_pool, data):
+    _count("worker mode")
+    pool, lines = fuzz_pool
+    # Given a task the pool's filter never pops by itself, so only the forged pop answer names it
+    victim = fuzz_api.enqueue(make_task("hello", oci_image="not-this-image",
+                                        task_id=f"00000000-0000-4000-8000-{next(_victims):012d}"))
+    forged = data.draw(mutated_tasks(task_id=victim, keep_id=True))
+    body = to_json_bytes([forged])
+    assume(body is not None)
+    try:
+        Task.from_dict(forged)
+        malformed = False
+    except ParseError:
+        malformed = True
+        _count("worker mode: of which malformed")
+    logged = len(lines.lines)
+
+    # When the pop answers it
+    fault = fuzz_api.inject("pop", body=body)
+    _wait(lambda: fault.hits, 10, "the forged pop answer to be served")
+
+    # Then a malformed task is reported and marked failed; a valid one runs; the pool goes on
+    if malformed:
+        _wait(lambda: fuzz_api.status(victim) == "failed", 10, "the malformed task to be marked failed")
+        assert any("Malformed task in the pop answer" in line for line in lines.lines[logged:])
+    follow_up = fuzz_api.enqueue(make_task("hello", oci_image=IMAGE))
+    fuzz_api.wait_for_status(follow_up, "completed", timeout=15)
+    assert pool._thread.is_alive() and pool.phase == "running"
+
+
+@pytest.mark.timeout(60)
+def test_a_deeply_nested_pop_answer_does_not_kill_the_supervisor(boefje_api):
+    """It did: the RecursionError escaped the client and the supervisor's loop."""
+    pool = WorkerPool(BoefjeAPIClient(boefje_api.url, timeout=5), TaskFilter([IMAGE]),
+                      registry=pool_boefjes.registry(),
+                      settings=PoolSettings(pool_size=1, poll_interval=0.05, max_error_backoff=0.2)).start()
+    try:
+        fault = boefje_api.inject("pop", body=DEEP)
+        _wait(lambda: fault.hits, 10, "the deep answer to be served")
+        follow_up = boefje_api.enqueue(make_task("hello", oci_image=IMAGE))
+        boefje_api.wait_for_status(follow_up, "completed", timeout=3)
+    finally:
+        pool.stop(immediate=True, timeout=20)
+
+
+# -- the one-shot CLI -------------------------------------------------------------------------------
+
+OUR_ENV = {setting.env for setting in SETTINGS}
+
+
+@st.composite
+def garbage_inputs(draw) -> tuple[bytes, int]:
+    body = draw(raw_bodies | st.builds(lambda v: body_for("input", v) or b"", task_like)
+                | st.builds(lambda v: to_json_bytes(v) or b"", json_values))
+    status = draw(st.sampled_from([200, 200, 200, 201, 400, 403, 404, 410, 422]))
+    if 200 <= status < 300 and body:
+        try:  # a body that happens to be a valid input is not garbage
+            BoefjeInput.from_dict(json.loads(body))
+            assume(False)
+        except (ValueError, ParseError, RecursionError):
+            pass
+    return body, status
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                 HealthCheck.too_slow])
+@given(garbage=garbage_inputs(), level=st.sampled_from(["ERROR", "INFO"]), fmt=st.sampled_from(["text", "json"]))
+@example(garbage=(DEEP, 200), level="ERROR", fmt="text")  # nested past the decoder's limit: exit 1 before
+def test_oneshot_cli_exits_with_the_documented_code_and_one_line(fuzz_api, tmp_path_factory, garbage, level, fmt):
+    _count("one-shot CLI")
+    body, status = garbage
+    fuzz_api.clear_faults()
+    fuzz_api.inject("input", body=body, status=status)
+    environ = {key: value for key, value in os.environ.items() if key not in OUR_ENV}
+    result = subprocess.run(
+        [sys.executable, "-m", "boefje_runtime_cli", "--plugin-dir", str(tmp_path_factory.getbasetemp()),
+         "--log-level", level, "--logging-format", fmt, f"{fuzz_api.url}/api/v0/tasks/{FIXED_ID}"],
+        capture_output=True, text=True, env=environ, timeout=60,
+    )
+    expected = ExitCode.INPUT_MALFORMED if 200 <= status < 300 else ExitCode.INPUT_UNAVAILABLE
+    assert result.returncode == expected, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    errors = [line for line in lines if ("[error]" in line if fmt == "text" else json.loads(line)["level"] == "error")]
+    assert len(errors) == 1, result.stderr
+    if level == "ERROR":
+        assert len(lines) == 1, result.stderr
+    assert result.stdout == ""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report_examples():
+    yield
+    if _examples:
+        total = sum(count for name, count in _examples.items() if "of which" not in name)
+        shown = ", ".join(f"{name}: {count}" for name, count in sorted(_examples.items()))
+        sys.stderr.write(f"\nfuzz examples tried: {total} ({shown})\n")
+
