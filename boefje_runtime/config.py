@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -522,6 +522,18 @@ class RuntimeConfig:
         return " ".join(parts)
 
 
+def scrub_secret_env(environ: MutableMapping[str, str] | None = None) -> None:
+    """Remove secret settings (the API's headers) from the environment once they are read.
+
+    A boefje runs with this process's environment (and forked workers inherit it): the worker's
+    own credentials must not be part of it.
+    """
+    environ = os.environ if environ is None else environ
+    for setting in SETTINGS:
+        if setting.secret:
+            environ.pop(setting.env, None)
+
+
 __all__ = [
     "LOGGING_FORMATS",
     "LOG_LEVELS",
@@ -534,4 +546,5 @@ __all__ = [
     "parse_plugins",
     "parse_port",
     "parse_url",
+    "scrub_secret_env",
 ]

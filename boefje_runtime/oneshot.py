@@ -28,7 +28,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 
 from .client import BoefjeAPIClient
-from .config import RuntimeConfig
+from .config import RuntimeConfig, scrub_secret_env
 from .errors import APIError, APIResponseError, BoefjeNotFound, ParseError, PluginError
 from .execution import execute, failure_output
 from .exit_codes import ExitCode
@@ -102,6 +102,7 @@ def run_oneshot(input_url: str, config: RuntimeConfig, *, registry: BoefjeRegist
     task is known, every log line carries its id and masks its environment's values (the
     organisation's credentials), the final error line included.
     """
+    scrub_secret_env()
     with secret_values(config.api_headers.values()), _OneShot(input_url, config, registry) as run:
         try:
             return run.run()

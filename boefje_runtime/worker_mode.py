@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from .config import RuntimeConfig
+from .config import RuntimeConfig, scrub_secret_env
 from .errors import ConfigError
 
 logger = logging.getLogger("boefje_runtime")
@@ -17,6 +17,7 @@ logger = logging.getLogger("boefje_runtime")
 def run_worker_mode(config: RuntimeConfig) -> int:
     """Log the start-up lines, run the pool until it stops, return the exit code."""
     config.check_worker_mode()
+    scrub_secret_env()
     logger.info("Starting runtime")
     logger.info(config.describe())
     logger.debug("Settings: %s", config.summary())

@@ -199,7 +199,7 @@ def test_a_boefje_that_forks_children_and_returns(boefje_api, make_pool, tmp_pat
     children = json.loads(pid_file.read_text())["children"]
     leftovers.extend(children)
 
-    # Then the pool and the next task are fine (the children are the worker's; see the xfail below)
+    # Then the pool and the next task are fine (and the children died with the task: see the next test)
     assert boefje_api.files(task_id)[0]["content"] == b"forked"
     then_the_next_task_runs_normally(boefje_api, pool)
 
@@ -221,9 +221,6 @@ def test_a_boefje_that_forks_children_and_exits_its_worker(boefje_api, make_pool
     assert record["worker"] not in [worker.pid for worker in pool.workers]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pool/worker.py does not track processes a boefje starts: forked children and subprocesses outlive "
-    "their task, their worker and the pool (re-parented to init), until they end by themselves"))
 def test_processes_a_boefje_leaves_behind_end_with_its_task(boefje_api, make_pool, tmp_path, leftovers):
     pool = make_pool()
     forked, pid_file = forked_task(tmp_path, "return")

@@ -51,8 +51,7 @@ def test_the_pool_survives_kills_outages_and_bad_answers(tmp_path, capsys):
         fault_pause=(0.2, 0.8),
         error_window=(0.5, 1.5),
         outage=(0.5, 1.5),
-        # Off until the xfail below is fixed: a kill during a delayed PATCH strands a task (~1 run in 10).
-        late_patches=False,
+        late_patches=True,  # a kill during a delayed running PATCH: the finalizer's recheck closes it again
         chaos_budget=30.0,
         stall=10.0,
         settle_timeout=20.0,
@@ -113,11 +112,6 @@ def test_a_late_running_patch_does_not_leave_a_closed_task_running(boefje_api):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason=(
-    "pool/finalizer.py + supervisor.py: a worker killed while its running PATCH is in flight (delayed by "
-    "the API) has its task closed failed by the finalizer; the PATCH then lands and reopens the task, and "
-    "nothing rechecks it (rechecks are only scheduled from a worker's report). Once fixed, also drop "
-    "late_patches=False in test_the_pool_survives_kills_outages_and_bad_answers"))
 def test_a_running_patch_from_a_killed_worker_does_not_reopen_its_closed_task(boefje_api, tmp_path):
     """Found by the chaos run (seed 4 of the CI settings)."""
     # Given a worker whose running PATCH the API holds for a second

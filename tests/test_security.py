@@ -343,9 +343,6 @@ def test_the_workers_api_header_is_not_in_a_boefjes_environment(boefje_api, tmp_
     assert API_TOKEN not in json.dumps(environment)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "boefje_runtime_cli/main.py reads BOEFJES_API_HEADERS but leaves it in os.environ, so forked workers "
-    "and every boefje inherit the worker's API credentials"))
 def test_api_headers_given_by_env_var_are_not_in_a_boefjes_environment(boefje_api, tmp_path):
     plugins = write_plugins(tmp_path / "plugins")
     task_id = boefje_api.enqueue(make_task("dump-environment", oci_image=IMAGE))

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, field
 
 from ..client import BoefjeAPIClient
-from ..errors import APIConnectionError, APIError, APIStatusError, ParseError
+from ..errors import APIError, APIStatusError, ParseError
 from ..execution import failure_output
 from ..models import Task, TaskStatus
 from .backoff import ErrorBackoff
@@ -44,6 +44,11 @@ FAIL, REQUEUE, PUSH, RECHECK = "fail", "requeue", "push", "recheck"
 RECHECK_AFTER = (3, 10)
 
 
+def _recheck_job(task: Task, closed: TaskStatus, now: float, timeout: float) -> _Job:
+    first, *rest = (now + factor * timeout for factor in RECHECK_AFTER)
+    return _Job(task, RECHECK, "a late running PATCH", due=first, closed=closed, later=rest)
+
+
 class Finalizer:
     """A queue of tasks to close, worked through by the supervisor's loop."""
 
@@ -66,8 +71,7 @@ class Finalizer:
     def recheck(self, task: Task, closed: TaskStatus, now: float, timeout: float) -> None:
         """The scheduler does not guard transitions: a running PATCH that lands after the output
         reopens the task. Look again later and close it again if that happened."""
-        first, *rest = (now + factor * timeout for factor in RECHECK_AFTER)
-        self.jobs.append(_Job(task, RECHECK, "a late running PATCH", due=first, closed=closed, later=rest))
+        self.jobs.append(_recheck_job(task, closed, now, timeout))
 
     @property
     def blocking(self) -> list[_Job]:
@@ -88,8 +92,11 @@ class Finalizer:
                 remaining.append(job)
                 continue
             try:
-                self._close(job)
+                closed_by_us = self._close(job)
                 self._backoff.succeeded()
+                if closed_by_us:
+                    # The dead worker's running PATCH may still be in flight and reopen the task.
+                    remaining.append(_recheck_job(job.task, TaskStatus.FAILED, now, self.client.timeout))
                 if job.action == RECHECK and job.later:
                     job.due, job.later = job.later[0], job.later[1:]
                     remaining.append(job)
@@ -104,26 +111,27 @@ class Finalizer:
                 remaining.append(job)
         self.jobs = remaining
 
-    def _close(self, job: _Job) -> None:
+    def _close(self, job: _Job) -> bool:
+        """Do the job; True when it was a FAIL that this call closed (the others return False)."""
         task = job.task
         if job.action == PUSH:
             self.client.push(task, self.queue)
             logger.info("Pushed task %s back to the queue unchanged", task.id)
-            return
+            return False
         status = self.client.get_task(task.id).status
         if job.action == RECHECK:
             if status is TaskStatus.RUNNING and job.closed is not None:
                 self.client.patch_status(task.id, job.closed)
                 logger.warning("Task %s was reopened by a late running PATCH; set it back to %s",
                                task.id, job.closed.value)
-            return
+            return False
         if job.action == REQUEUE:
             if status in (TaskStatus.DISPATCHED, TaskStatus.RUNNING):
                 self.client.patch_status(task.id, TaskStatus.QUEUED)
                 logger.info("Put duplicate task %s back on the queue", task.id)
-            return
+            return False
         if status not in (TaskStatus.DISPATCHED, TaskStatus.RUNNING):
-            return  # closed meanwhile (its output landed, or someone else settled it)
+            return False  # closed meanwhile (its output landed, or someone else settled it)
         if status is TaskStatus.DISPATCHED:
             self.client.patch_status(task.id, TaskStatus.RUNNING)
         boefje = task.data.boefje
@@ -131,11 +139,10 @@ class Finalizer:
             self.client.post_output(task.id, failure_output(boefje.id, boefje.version, job.reason))
         except APIStatusError as exc:
             if exc.status_code == 403:
-                return  # no longer running: it was closed meanwhile
+                return False  # no longer running: it was closed meanwhile
             if exc.status_code is not None and exc.status_code < 500:
                 self.client.patch_status(task.id, TaskStatus.FAILED)  # the API refused our error file
             else:
                 raise
-        except APIConnectionError:
-            raise
         logger.error("Task %s failed: %s", task.id, job.reason)
+        return True

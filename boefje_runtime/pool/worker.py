@@ -26,6 +26,7 @@ from ..execution import execute, failure_output
 from ..logs import bind, log_context, secret_values
 from ..models import OutputStatus, Task, TaskStatus
 from ..plugins import BoefjeRegistry
+from .leftovers import become_subreaper, kill_leftovers
 from .limits import retire_reason
 
 logger = logging.getLogger("boefje_runtime.worker")
@@ -107,6 +108,7 @@ def worker_main(conn: Connection, spec: WorkerSpec, parent_pid: int) -> None:
     install_signals()
     die_with_parent(parent_pid)
     close_inherited_sockets(conn.fileno())
+    become_subreaper()
     bind(pid=os.getpid(), role="worker")
     client = spec.client_factory()
     spec.registry.load_all()
@@ -127,6 +129,9 @@ def worker_main(conn: Connection, spec: WorkerSpec, parent_pid: int) -> None:
             _, raw_task, raw_duplicates = message
             started = time.monotonic()
             report = run_assignment(client, spec, raw_task, raw_duplicates, conn)
+            leftovers = kill_leftovers()
+            if leftovers:
+                logger.warning("Killed %d processes that task %s left behind", leftovers, raw_task["id"])
             tasks_done += 1
             # Decided before reporting, in the same message: otherwise the supervisor could hand a
             # new task to a worker that is about to leave.
