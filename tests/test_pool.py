@@ -10,67 +10,14 @@ import logging
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 
-from boefje_runtime import BoefjeAPIClient, RetryPolicy, TaskFilter
-from boefje_runtime.pool import PoolSettings, WorkerPool
-from boefje_runtime.testing import make_task
+from boefje_runtime.plugins import BoefjeRegistry
+from boefje_runtime.pool import WorkerPool
 
 from . import pool_boefjes
-
-FAST_RETRY = RetryPolicy(attempts=6, total_seconds=15.0, initial_wait=0.05, max_wait=0.5)
-IMAGE = "test-image"
-
-
-def wait_until(predicate, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
-
-
-def task(boefje_id: str = "hello", **kwargs) -> dict:
-    kwargs.setdefault("input_ooi", f"Hostname|internet|{os.urandom(4).hex()}.example")
-    return make_task(boefje_id, oci_image=IMAGE, **kwargs)
-
-
-def ready_workers(pool: WorkerPool) -> int:
-    return sum(1 for worker in list(pool.workers) if worker.ready and worker.exitcode is None)
-
-
-@pytest.fixture
-def make_pool(boefje_api):
-    pools: list[WorkerPool] = []
-
-    def make(registry=None, **settings) -> WorkerPool:
-        settings.setdefault("pool_size", 2)
-        settings.setdefault("poll_interval", 0.2)
-        settings.setdefault("shutdown_timeout", 5.0)
-        pool = WorkerPool(
-            BoefjeAPIClient(boefje_api.url, retry=FAST_RETRY),
-            TaskFilter([IMAGE]),
-            registry=registry if registry is not None else pool_boefjes.registry(),
-            settings=PoolSettings(**settings),
-        )
-        pools.append(pool)
-        return pool
-
-    yield make
-    for pool in pools:
-        if pool.phase not in ("new", "stopped"):
-            pool.stop(immediate=True, timeout=20)
-        for worker in pool.workers:
-            worker.process.join(5)
-            assert not worker.process.is_alive(), f"worker pid={worker.pid} outlived its pool"
-
-
-def hold_task(tmp_path: Path, name: str, max_wait: float = 30.0) -> tuple[dict, Path, Path]:
-    pid_file, release_file = tmp_path / f"{name}.pid", tmp_path / f"{name}.release"
-    arguments = {"pid_file": str(pid_file), "release_file": str(release_file), "max_wait": max_wait}
-    return task("hold", arguments=arguments), pid_file, release_file
+from .helpers import FAST_RETRY, IMAGE, error_text, hold_task, ready_workers, task, wait_until, write_plugin
 
 
 @pytest.mark.parametrize("pool_size", [1, 2])
@@ -87,9 +34,7 @@ def test_workers_drain_the_queue_and_report_failures(boefje_api, make_pool, pool
         assert file["content"].startswith(b"hi ")
         assert set(file["tags"]) == {"text/plain", "boefje/hello"}
     assert boefje_api.history(bad) == ["queued", "dispatched", "running", "failed"]
-    [error] = boefje_api.files(bad)
-    assert "error/boefje" in error["tags"]
-    assert b"RuntimeError: boom went the boefje" in error["content"]
+    assert "RuntimeError: boom went the boefje" in error_text(boefje_api, bad)
     counts = boefje_api.request_counts()
     assert counts.get("get", 0) == 0, "no GET after each task"
     assert counts["patch"] == counts["output"] == 11
@@ -117,9 +62,7 @@ def test_a_killed_worker_fails_its_task_and_is_replaced(boefje_api, make_pool, t
     os.kill(int(pid_file.read_text()), signal.SIGKILL)
 
     boefje_api.wait_for_status(held_id, "failed")
-    [error] = boefje_api.files(held_id)
-    assert "error/boefje" in error["tags"]
-    assert b"SIGKILL" in error["content"]
+    assert "SIGKILL" in error_text(boefje_api, held_id)
     wait_until(lambda: ready_workers(pool) == 2, what="the pool to be back at full size")
     follow_up = boefje_api.enqueue(task())
     boefje_api.wait_for_status(follow_up, "completed")
@@ -136,11 +79,8 @@ def test_a_worker_that_exits_hard_fails_its_task_with_the_exit_code(boefje_api, 
 
 
 def test_a_boefje_that_crashes_at_import_does_not_become_a_fork_loop(boefje_api, make_pool, tmp_path, caplog):
-    plugin = tmp_path / "plugins" / "crasher"
-    plugin.mkdir(parents=True)
-    (plugin / "boefje.json").write_text('{"id": "crasher", "oci_image": "test-image"}')
-    (plugin / "main.py").write_text("import os\nos._exit(3)\n\ndef run(boefje_meta):\n    return []\n")
-    from boefje_runtime.plugins import BoefjeRegistry
+    write_plugin(tmp_path / "plugins" / "crasher", "import os\nos._exit(3)\n\ndef run(boefje_meta):\n    return []\n",
+                 id="crasher", oci_image=IMAGE)
 
     pool = make_pool(registry=BoefjeRegistry.discover(tmp_path / "plugins"), pool_size=2).start()
     time.sleep(3.0)  # the observation window itself: how many starts fit in 3 s?
@@ -252,8 +192,7 @@ def test_failed_duplicates_go_back_to_the_queue_for_their_own_run(boefje_api, ma
     requeued = [task_id for task_id in ids if boefje_api.history(task_id).count("queued") > 1]
     assert requeued, "a duplicate of a failed task goes back to queued"
     for task_id in ids:
-        [error] = boefje_api.files(task_id)
-        assert b"boom went the boefje" in error["content"]
+        assert "boom went the boefje" in error_text(boefje_api, task_id)
 
 
 def test_the_pool_recovers_when_the_api_is_down_for_seconds(boefje_api, make_pool):
@@ -325,3 +264,16 @@ def test_running_tasks_past_the_grace_period_are_killed_and_failed(boefje_api, m
 
     assert boefje_api.status(held_id) == "failed"
     assert b"shut down before this task finished" in boefje_api.files(held_id)[0]["content"]
+
+
+def test_an_undeliverable_output_fails_the_task_with_an_error_file_saying_why(boefje_api, make_pool):
+    task_id = boefje_api.enqueue(task())
+    boefje_api.inject("output", status=500, times=FAST_RETRY.attempts)  # every try of the worker
+
+    assert make_pool(pool_size=1, burst=True).run() == 0
+
+    assert boefje_api.status(task_id) == "failed"
+    [error] = boefje_api.files(task_id)
+    assert "error/boefje" in error["tags"]
+    assert b"output could not be delivered" in error["content"]
+    assert b"500" in error["content"]

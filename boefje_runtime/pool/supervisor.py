@@ -263,13 +263,14 @@ class WorkerPool:
     def _settle(self, assignment: Assignment, report: w.Report, now: float) -> None:
         """Hand whatever the worker could not close to the finalizer."""
         outcome, unsettled = report.outcome, report.unsettled
-        if report.recheck and outcome in (w.COMPLETED, w.FAILED, w.UNDELIVERED):
+        if report.recheck and outcome in (w.COMPLETED, w.FAILED):
             closed = TaskStatus.COMPLETED if outcome == w.COMPLETED else TaskStatus.FAILED
             self._finalizer.recheck(assignment.task, closed, now, self.client.timeout)
         if outcome == w.LOST:
-            self._finalizer.fail(assignment.task, "the worker could not reach the Boefje API to close this task", now)
-            unsettled = [task.id for task in assignment.duplicates]
-        elif outcome == w.SKIPPED:
+            self._finalizer.fail(assignment.task, "the worker could not reach the Boefje API to start this task", now)
+        elif outcome == w.UNDELIVERED:
+            self._finalizer.fail(assignment.task, f"the boefje's output could not be delivered: {report.error}", now)
+        if outcome in (w.LOST, w.UNDELIVERED, w.SKIPPED):
             unsettled = [task.id for task in assignment.duplicates]
         for duplicate in assignment.duplicates:
             if duplicate.id in unsettled:

@@ -151,6 +151,8 @@ class Report(NamedTuple):
     unsettled: list[str] = []
     #: The running PATCH was repeated after a try that may land late and reopen the closed task.
     recheck: bool = False
+    #: Why the output could not be delivered (UNDELIVERED).
+    error: str | None = None
 
 
 def run_assignment(
@@ -173,9 +175,9 @@ def run_assignment(
             return Report(LOST)
         output = _run_boefje(spec, raw_task["data"], meta.boefje.id, meta.boefje.version, meta.boefje.oci_image)
         conn.send(("ran", task.id))  # only delivery is left: the supervisor may pop our next task now
-        outcome = _deliver(client, task.id, output)
+        outcome, error = _deliver(client, task.id, output)
         if outcome not in (COMPLETED, FAILED):
-            return Report(outcome, [], recheck)
+            return Report(outcome, [], recheck, error)
         unsettled = _settle_duplicates(client, [Task.from_dict(item) for item in raw_duplicates], output)
         return Report(outcome, unsettled, recheck)
 
@@ -194,19 +196,16 @@ def _run_boefje(spec: WorkerSpec, data: dict, boefje_id: str, version: str | Non
     return result.output
 
 
-def _deliver(client: BoefjeAPIClient, task_id: str, output) -> str:
-    """POST the output; when that fails after retries, PATCH failed so the task is closed anyway."""
+def _deliver(client: BoefjeAPIClient, task_id: str, output) -> tuple[str, str | None]:
+    """POST the output. When that fails after the client's retries, say so: the supervisor keeps
+    trying to close the task with an error file saying why (and PATCHes failed only when even that
+    is refused), while this worker goes on with the next task."""
     try:
         client.post_output(task_id, output)
-        return COMPLETED if output.status is OutputStatus.COMPLETED else FAILED
+        return (COMPLETED if output.status is OutputStatus.COMPLETED else FAILED), None
     except APIError as exc:
         logger.error("Could not deliver the output: %s", exc)
-    try:
-        client.patch_status(task_id, TaskStatus.FAILED)
-        return UNDELIVERED
-    except APIError as exc:
-        logger.error("Could not mark the task failed either: %s", exc)
-        return LOST
+        return UNDELIVERED, str(exc)
 
 
 def _settle_duplicates(client: BoefjeAPIClient, duplicates: list[Task], output) -> list[str]:
