@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from . import plugins
+from . import _plugin_import, plugins
 from ._parsing import utc_now
 from .environment import check_environment, redact, task_environment
 from .errors import PluginError
@@ -34,7 +34,7 @@ ERROR_TAG = "error/boefje"
 MIME_TAG_MIN_LENGTH = 5  # two characters, a slash, two characters: OpenKAT's own threshold
 _TAG_CONTAINERS = (set, frozenset, list, tuple)
 _SUMMARY_LENGTH = 300
-_RUNTIME_FILES = frozenset({__file__, plugins.__file__, importlib.__file__})
+_RUNTIME_FILES = frozenset({__file__, plugins.__file__, _plugin_import.__file__, importlib.__file__})
 
 
 @dataclass

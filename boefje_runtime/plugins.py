@@ -2,30 +2,24 @@
 
 Discovery only reads ``boefje.json`` files, so start-up stays cheap however big the tree; a
 boefje's ``main.py`` is imported on first use, once per process (a warm worker must not pay an
-import per task). One broken plugin never hides the others: it is logged, kept in
-``registry.errors``, and a task asking for it fails with that message.
+import per task), by :mod:`boefje_runtime._plugin_import`. One broken plugin never hides the
+others: it is logged, kept in ``registry.errors``, and a task asking for it fails with that message.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import importlib
-import importlib.machinery
-import importlib.util
-import inspect
 import json
-import keyword
 import logging
 import os
 import re
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._plugin_import import RunFunction, check_run, import_run
 from .errors import BoefjeNotFound, PluginError
 
 logger = logging.getLogger("boefje_runtime.plugins")
@@ -34,8 +28,6 @@ DEFINITION_FILE = "boefje.json"
 ENTRYPOINT = "main.py"
 _SKIPPED_DIRS = frozenset({"__pycache__", "node_modules"})
 _ID_GUESS = re.compile(r'"id"\s*:\s*"([^"\\]+)"')
-
-RunFunction = Callable[[dict], Any]
 
 
 @dataclass(frozen=True)
@@ -126,7 +118,7 @@ class BoefjeRegistry:
             raise PluginError(f"a boefje id must be a non-empty string, got {boefje_id!r}")
         if not callable(func):
             raise PluginError(f"boefje {boefje_id!r}: expected a callable, got {type(func).__name__}")
-        _check_run(func, f"boefje {boefje_id!r}")
+        check_run(func, f"boefje {boefje_id!r}")
         boefje = Boefje(boefje_id, name=name, version=version, oci_image=oci_image, loader=lambda: func)
         self._registered[boefje_id] = boefje
         return boefje
@@ -224,7 +216,7 @@ class BoefjeRegistry:
     def _import(self, boefje: Boefje) -> RunFunction:
         assert boefje.path is not None and self.root is not None
         try:
-            return _import_run(boefje.path / ENTRYPOINT, self.root)
+            return import_run(boefje.path / ENTRYPOINT, self.root)
         except PluginError as exc:
             self._problem(boefje.path, str(exc))
             raise PluginError(f"boefje {boefje.id!r} at {boefje.path} is broken: {exc}") from exc.__cause__
@@ -276,73 +268,3 @@ def _is_dir(entry: os.DirEntry) -> bool:
         return entry.is_dir()
     except OSError:
         return False
-
-
-def _import_run(main_py: Path, root: Path) -> RunFunction:
-    """Import ``main.py`` as OpenKAT's images do (root on sys.path, dotted package path), else by file."""
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))  # first, like PYTHONPATH=/app/boefje:/app in OpenKAT's images
-    importlib.invalidate_caches()
-    parts = main_py.relative_to(root).with_suffix("").parts
-    name = ".".join(parts)
-    importable = all(part.isidentifier() and not keyword.iskeyword(part) for part in parts)
-    if not importable or _shadowed(name, main_py, root):
-        return _check_run(_import_by_location(main_py), ENTRYPOINT)
-    try:
-        module = importlib.import_module(name)
-    except (Exception, SystemExit) as exc:
-        if _shadowed(name, main_py, root):  # another tree's package of the same name answered
-            return _check_run(_import_by_location(main_py), ENTRYPOINT)
-        raise PluginError(f"cannot import {name}: {type(exc).__name__}: {exc}") from exc
-    if not _same_file(getattr(module, "__file__", None), main_py):
-        module = _import_by_location(main_py)
-    return _check_run(module, ENTRYPOINT)
-
-
-def _shadowed(name: str, main_py: Path, root: Path) -> bool:
-    """Whether a module already imported under one of ``name``'s prefixes comes from elsewhere."""
-    parts = name.split(".")
-    for depth in range(1, len(parts)):
-        package = sys.modules.get(".".join(parts[:depth]))
-        if package is None:
-            return False
-        where = root.joinpath(*parts[:depth])
-        if not any(_same_file(entry, where) for entry in getattr(package, "__path__", None) or []):
-            return True
-    module = sys.modules.get(name)
-    return module is not None and not _same_file(getattr(module, "__file__", None), main_py)
-
-
-def _same_file(a: str | os.PathLike | None, b: Path) -> bool:
-    return a is not None and os.path.realpath(a) == os.path.realpath(b)
-
-
-def _import_by_location(main_py: Path) -> Any:
-    """Last resort: main.py as ``<synthetic package>.main``, so its relative imports still work."""
-    package = "_boefje_runtime_plugin_" + hashlib.sha256(str(main_py).encode()).hexdigest()[:16]
-    if package not in sys.modules:
-        spec = importlib.machinery.ModuleSpec(package, None, is_package=True)
-        spec.submodule_search_locations = [str(main_py.parent)]
-        sys.modules[package] = importlib.util.module_from_spec(spec)
-    try:
-        return importlib.import_module(f"{package}.main")
-    except (Exception, SystemExit) as exc:
-        raise PluginError(f"cannot import {ENTRYPOINT}: {type(exc).__name__}: {exc}") from exc
-
-
-def _check_run(obj: Any, where: str) -> RunFunction:
-    """``run`` itself when given a callable, else the module's ``run``; it must take one argument."""
-    run = obj if callable(obj) and not inspect.ismodule(obj) else getattr(obj, "run", None)
-    if run is None:
-        raise PluginError(f"{where} defines no run(boefje_meta)")
-    if not callable(run):
-        raise PluginError(f"{where}: run must be callable, got {type(run).__name__}")
-    try:
-        signature = inspect.signature(run)
-    except (TypeError, ValueError):
-        return run  # builtins and some C callables have no signature to check
-    try:
-        signature.bind(None)
-    except TypeError:
-        raise PluginError(f"{where}: run{signature} cannot be called with one argument (boefje_meta)") from None
-    return run

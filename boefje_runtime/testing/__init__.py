@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "BoefjeAPIServer": "server",
-    "Fault": "server",
-    "RequestRecord": "server",
-    "ENDPOINTS": "server",
+    "Fault": "faults",
+    "RequestRecord": "faults",
+    "ENDPOINTS": "faults",
     "POP_MODES": "server",
     "make_task": "factory",
     "example_tasks": "factory",
@@ -42,4 +42,5 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from .factory import EXAMPLE_BOEFJE_IDS, EXAMPLE_INPUT_OOI, EXAMPLE_OCI_IMAGE, example_tasks, make_task  # noqa: F401
-    from .server import ENDPOINTS, POP_MODES, BoefjeAPIServer, Fault, RequestRecord  # noqa: F401
+    from .faults import ENDPOINTS, Fault, RequestRecord  # noqa: F401
+    from .server import POP_MODES, BoefjeAPIServer  # noqa: F401

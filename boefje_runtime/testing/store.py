@@ -1,0 +1,154 @@
+"""The tasks the test Boefje API holds, and what each endpoint does to them.
+
+This is the fake scheduler and bytes API without HTTP: queues in priority order, every task's
+status history and accepted outputs, and the endpoints' rules (pop dispatches, input and output
+answer 403 unless the task is running, an output closes its task, PATCH is unguarded). It is not
+thread-safe on purpose: :class:`BoefjeAPIServer` calls it under its one lock, which also covers
+the request counts and faults, so a test always sees one consistent picture.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from ..filters import evaluate
+from .parsing import _Reply
+
+#: Queues the scheduler knows; any other ``{queue}`` answers 404, as the real scheduler does.
+QUEUES = ("boefje", "normalizer")
+
+
+@dataclass
+class _Entry:
+    task: dict[str, Any]
+    queue: str
+    history: list[str] = field(default_factory=list)
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def _priority(task: Mapping[str, Any]) -> int:
+    value = task.get("priority")
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+class TaskStore:
+    """Tasks by id and the queues they wait in. Queue order: priority ascending, then enqueue order."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, _Entry] = {}
+        self.queues: dict[str, list[tuple[int, int, str]]] = {name: [] for name in QUEUES}
+        # task id -> its key in its queue, for the queued tasks only: unqueueing is a bisect, not a scan.
+        self.queued_at: dict[str, tuple[int, int, str]] = {}
+        self._seq = itertools.count()
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.queued_at.clear()
+        for entries in self.queues.values():
+            entries.clear()
+
+    # -- state changes ---------------------------------------------------------------------------
+
+    def store(self, task_id: str, task: dict[str, Any], queue: str) -> None:
+        """Queue ``task`` (status ``queued``); a known id is replaced and moved to ``queue``."""
+        task["status"] = "queued"
+        entry = self.entries.get(task_id)
+        if entry is None:
+            self.entries[task_id] = _Entry(task=task, queue=queue, history=["queued"])
+        else:
+            self._unqueue(task_id)
+            entry.task, entry.queue = task, queue
+            entry.history.append("queued")
+        key = (_priority(task), next(self._seq), task_id)
+        bisect.insort(self.queues[queue], key)
+        self.queued_at[task_id] = key
+
+    def _unqueue(self, task_id: str) -> None:
+        key = self.queued_at.pop(task_id, None)
+        if key is not None:
+            entries = self.queues[self.entries[task_id].queue]
+            del entries[bisect.bisect_left(entries, key)]
+
+    def set_status(self, task_id: str, status: str) -> None:
+        """Set a status as PATCH does: any status from any status, queueing or unqueueing as needed."""
+        entry = self.entries[task_id]
+        if status == "queued":
+            if task_id not in self.queued_at:  # a PATCH to queued on a queued task keeps its place
+                key = (_priority(entry.task), next(self._seq), task_id)
+                bisect.insort(self.queues[entry.queue], key)
+                self.queued_at[task_id] = key
+        else:
+            self._unqueue(task_id)
+        entry.task["status"] = status
+        entry.task["modified_at"] = _now()
+        entry.history.append(status)
+
+    # -- endpoints (404 / 403 as _Reply) -----------------------------------------------------------
+
+    def pop(self, queue: str, limit: int, filters: Any, *, dedup: bool) -> list[dict[str, Any]]:
+        """Dispatch up to ``limit`` queued tasks matching ``filters``; with ``dedup``, the first one
+        plus those sharing its top-level ``deduplication_key``, like OpenKAT's scheduler."""
+        if queue not in self.queues:
+            raise _Reply(404, f"Scheduler {queue!r} not found")
+        chosen: list[str] = []
+        key = None
+        for _, _, task_id in self.queues[queue]:
+            task = self.entries[task_id].task
+            if chosen and dedup and task.get("deduplication_key") != key:
+                continue
+            if not evaluate(filters, task):
+                continue
+            chosen.append(task_id)
+            if len(chosen) >= limit:
+                break
+            if dedup and len(chosen) == 1:
+                key = task.get("deduplication_key")
+                if not isinstance(key, str) or not key:
+                    break  # no key: the scheduler answers a single task
+        # Answer each task as it was before dispatching, as OpenKAT's proxy does ("queued").
+        # Shallow copies suffice: stored tasks are only ever changed at the top level.
+        answer = [dict(self.entries[task_id].task) for task_id in chosen]
+        for task_id in chosen:
+            self.set_status(task_id, "dispatched")
+        return answer
+
+    def push(self, queue: str, task: dict[str, Any]) -> dict[str, Any]:
+        if queue not in self.queues:
+            raise _Reply(404, f"Scheduler {queue!r} not found")
+        self.store(task["id"], task, queue)
+        return dict(task)
+
+    def patch(self, task_id: str, status: str) -> dict[str, Any]:
+        if task_id not in self.entries:
+            raise _Reply(404, f"Task {task_id} not found")
+        self.set_status(task_id, status)
+        return dict(self.entries[task_id].task)
+
+    def get(self, task_id: str) -> dict[str, Any]:
+        if task_id not in self.entries:
+            raise _Reply(404, f"Task {task_id} not found")
+        return dict(self.entries[task_id].task)
+
+    def running(self, task_id: str) -> _Entry:
+        """The entry of a running task: input and output answer 404 or 403 for any other."""
+        entry = self.entries.get(task_id)
+        if entry is None:
+            raise _Reply(404, f"Task {task_id} not found")
+        if entry.task.get("status") != "running":
+            raise _Reply(403, f"Task {task_id} is not running (status: {entry.task.get('status')})")
+        return entry
+
+    def add_output(self, task_id: str, output: dict[str, Any]) -> None:
+        """Accept an output (see ``_output_record``) and close the task with it."""
+        entry = self.running(task_id)  # checked and closed under one lock: accepted once
+        entry.outputs.append(output)
+        self.set_status(task_id, "completed" if output["status"] == "COMPLETED" else "failed")
