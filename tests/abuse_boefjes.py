@@ -118,8 +118,8 @@ def tag_secret(meta: dict) -> list:
 
 
 def registry() -> BoefjeRegistry:
-    boefjes = pool_boefjes.registry()
-    for boefje_id, func in {
+    """The pool tests' boefjes and these."""
+    return pool_boefjes.register(pool_boefjes.registry(), {
         "memory-bomb": memory_bomb,
         "stdout-flood": stdout_flood,
         "fork-and-leave": fork_and_leave,
@@ -129,6 +129,4 @@ def registry() -> BoefjeRegistry:
         "leak-environment": leak_environment,
         "raise-secret": raise_secret,
         "tag-secret": tag_secret,
-    }.items():
-        boefjes.register(boefje_id, func, oci_image="test-image")
-    return boefjes
+    })

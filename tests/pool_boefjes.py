@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from boefje_runtime.plugins import BoefjeRegistry
 
+#: The image these boefjes are registered for, and so the one the test pools' filter takes.
+IMAGE = "test-image"
 DEADLINE = 30.0
 
 
@@ -57,15 +60,19 @@ def env_echo(meta: dict) -> list:
 _HOARD = bytearray()
 
 
+def register(boefjes: BoefjeRegistry, funcs: dict[str, Callable[[dict], list]]) -> BoefjeRegistry:
+    """Register each callable under its boefje id, for :data:`IMAGE`."""
+    for boefje_id, func in funcs.items():
+        boefjes.register(boefje_id, func, oci_image=IMAGE)
+    return boefjes
+
+
 def registry() -> BoefjeRegistry:
-    boefjes = BoefjeRegistry()
-    for boefje_id, func in {
+    return register(BoefjeRegistry(), {
         "hello": hello,
         "boom": boom,
         "hold": hold,
         "memory-hog": memory_hog,
         "env-echo": env_echo,
         "count": count,
-    }.items():
-        boefjes.register(boefje_id, func, oci_image="test-image")
-    return boefjes
+    })

@@ -18,60 +18,18 @@ from pathlib import Path
 
 import pytest
 
-from boefje_runtime import BoefjeAPIClient, RetryPolicy, TaskFilter
-from boefje_runtime.pool import PoolSettings, WorkerPool
-from boefje_runtime.testing import make_task
+from boefje_runtime.pool import WorkerPool
 
 from . import abuse_boefjes
-
-IMAGE = "test-image"
-FAST_RETRY = RetryPolicy(attempts=6, total_seconds=15.0, initial_wait=0.05, max_wait=0.5)
+from .helpers import alive, error_text, hold_task, ready_workers, task, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
 
-def wait_until(predicate, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
-
-
-def task(boefje_id: str = "hello", **kwargs) -> dict:
-    kwargs.setdefault("input_ooi", f"Hostname|internet|{os.urandom(4).hex()}.example")
-    return make_task(boefje_id, oci_image=IMAGE, **kwargs)
-
-
-def ready_workers(pool: WorkerPool) -> int:
-    return sum(1 for worker in list(pool.workers) if worker.ready and worker.exitcode is None)
-
-
 @pytest.fixture
-def make_pool(boefje_api):
-    pools: list[WorkerPool] = []
-
-    def make(**settings) -> WorkerPool:
-        settings.setdefault("pool_size", 1)
-        settings.setdefault("poll_interval", 0.1)
-        settings.setdefault("shutdown_timeout", 5.0)
-        pool = WorkerPool(BoefjeAPIClient(boefje_api.url, retry=FAST_RETRY), TaskFilter([IMAGE]),
-                          registry=abuse_boefjes.registry(), settings=PoolSettings(**settings))
-        pools.append(pool)
-        return pool.start()
-
-    yield make
-    for pool in pools:
-        if pool.phase not in ("new", "stopped"):
-            pool.stop(immediate=True, timeout=20)
-        for worker in pool.workers:
-            worker.process.join(5)
-
-
-def error_text(boefje_api, task_id: str) -> str:
-    [error] = boefje_api.files(task_id)
-    assert "error/boefje" in error["tags"]
-    return error["content"].decode()
+def pool_options():
+    """One worker (so the next task runs in the process the abuse happened in), polling fast."""
+    return {"registry": abuse_boefjes.registry(), "pool_size": 1, "poll_interval": 0.1}
 
 
 def then_the_next_task_runs_normally(boefje_api, pool: WorkerPool, size: int = 1) -> None:
@@ -87,7 +45,7 @@ def then_the_next_task_runs_normally(boefje_api, pool: WorkerPool, size: int = 1
 
 def test_unbounded_memory_fails_the_task_and_the_worker_lives_on(boefje_api, make_pool):
     # Given a boefje that caps its own worker's address space and then allocates without end
-    pool = make_pool()
+    pool = make_pool().start()
     wait_until(lambda: ready_workers(pool) == 1, what="a ready worker")
     worker_pid = pool.workers[0].pid
     bomb = boefje_api.enqueue(task("memory-bomb", arguments={"headroom_mib": 256}))
@@ -135,7 +93,7 @@ def stdout_into_pipe(monkeypatch, *, drained: bool):
 def test_100_mb_on_stdout_is_passed_through_and_the_task_completes(boefje_api, make_pool, monkeypatch):
     with stdout_into_pipe(monkeypatch, drained=True) as received:
         # Given a boefje that prints 100 MiB
-        pool = make_pool()
+        pool = make_pool().start()
         flood = boefje_api.enqueue(task("stdout-flood", arguments={"mib": 100}))
 
         # When it runs
@@ -150,7 +108,7 @@ def test_100_mb_on_stdout_is_passed_through_and_the_task_completes(boefje_api, m
 def test_a_stalled_stdout_blocks_the_boefje_until_the_task_timeout(boefje_api, make_pool, monkeypatch):
     with stdout_into_pipe(monkeypatch, drained=False):
         # Given stdout nobody reads (a pipe fills at 64 KiB) and a task timeout
-        pool = make_pool(task_timeout=1.5)
+        pool = make_pool(task_timeout=1.5).start()
         flood = boefje_api.enqueue(task("stdout-flood", arguments={"mib": 100}))
 
         # When the boefje blocks writing to it
@@ -162,15 +120,6 @@ def test_a_stalled_stdout_blocks_the_boefje_until_the_task_timeout(boefje_api, m
 
 
 # -- child processes --------------------------------------------------------------------------------
-
-
-def alive(pid: int) -> bool:
-    """Running (a zombie has ended; it only waits for its parent to read its status)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
 
 
 @pytest.fixture
@@ -190,7 +139,7 @@ def forked_task(tmp_path: Path, then: str) -> tuple[dict, Path]:
 
 def test_a_boefje_that_forks_children_and_returns(boefje_api, make_pool, tmp_path, leftovers):
     # Given a boefje that starts two forked children and a `sleep` process, and returns
-    pool = make_pool()
+    pool = make_pool().start()
     forked, pid_file = forked_task(tmp_path, "return")
     task_id = boefje_api.enqueue(forked)
 
@@ -206,7 +155,7 @@ def test_a_boefje_that_forks_children_and_returns(boefje_api, make_pool, tmp_pat
 
 def test_a_boefje_that_forks_children_and_exits_its_worker(boefje_api, make_pool, tmp_path, leftovers):
     # Given a boefje that starts children and then ends its worker process
-    pool = make_pool()
+    pool = make_pool().start()
     forked, pid_file = forked_task(tmp_path, "exit")
     task_id = boefje_api.enqueue(forked)
 
@@ -222,7 +171,7 @@ def test_a_boefje_that_forks_children_and_exits_its_worker(boefje_api, make_pool
 
 
 def test_processes_a_boefje_leaves_behind_end_with_its_task(boefje_api, make_pool, tmp_path, leftovers):
-    pool = make_pool()
+    pool = make_pool().start()
     forked, pid_file = forked_task(tmp_path, "return")
     task_id = boefje_api.enqueue(forked)
     boefje_api.wait_for_status(task_id, "completed")
@@ -237,16 +186,10 @@ def test_processes_a_boefje_leaves_behind_end_with_its_task(boefje_api, make_poo
 # -- SIGTERM ----------------------------------------------------------------------------------------
 
 
-def hold_task(tmp_path: Path, name: str) -> tuple[dict, Path, Path]:
-    pid_file, release = tmp_path / f"{name}.pid", tmp_path / f"{name}.release"
-    return task("ignore-sigterm", arguments={"pid_file": str(pid_file), "release_file": str(release),
-                                             "max_wait": 30}), pid_file, release
-
-
 def test_a_boefje_ignoring_sigterm_is_ended_by_the_task_timeout(boefje_api, make_pool, tmp_path):
     # Given a boefje that ignores SIGTERM and would run for 30 s
-    pool = make_pool(task_timeout=1.5)
-    held, pid_file, _ = hold_task(tmp_path, "deaf")
+    pool = make_pool(task_timeout=1.5).start()
+    held, pid_file, _ = hold_task(tmp_path, "deaf", boefje_id="ignore-sigterm")
     task_id = boefje_api.enqueue(held)
     wait_until(pid_file.exists, what="the boefje to start")
     pid = int(pid_file.read_text())
@@ -264,8 +207,8 @@ def test_a_boefje_ignoring_sigterm_is_ended_by_the_task_timeout(boefje_api, make
 
 def test_a_boefje_ignoring_sigterm_does_not_hold_up_shutdown(boefje_api, make_pool, tmp_path):
     # Given a boefje that ignores SIGTERM, running when the pool is asked to stop
-    pool = make_pool(shutdown_timeout=1.0)
-    held, pid_file, _ = hold_task(tmp_path, "stubborn")
+    pool = make_pool(shutdown_timeout=1.0).start()
+    held, pid_file, _ = hold_task(tmp_path, "stubborn", boefje_id="ignore-sigterm")
     task_id = boefje_api.enqueue(held)
     wait_until(pid_file.exists, what="the boefje to start")
 
@@ -287,7 +230,7 @@ def test_a_boefje_ignoring_sigterm_does_not_hold_up_shutdown(boefje_api, make_po
 @pytest.mark.parametrize("arguments", [{"mib": 50}, {"pieces": 50}], ids=["one-50-MiB-file", "fifty-1-MiB-files"])
 def test_output_over_max_output_bytes_fails_with_a_clear_message(boefje_api, make_pool, arguments):
     # Given a pool that accepts at most 1 MiB of output per task
-    pool = make_pool(max_output_bytes=abuse_boefjes.MIB)
+    pool = make_pool(max_output_bytes=abuse_boefjes.MIB).start()
     big = boefje_api.enqueue(task("big-output", arguments=arguments))
 
     # When a boefje returns 50 MiB

@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench.py"
+from .helpers import ROOT
+
+BENCH = ROOT / "benchmarks" / "bench.py"
 #: Throughput (forked pools and bare loops), memory (the CLI in worker mode, /proc) and one-shot
 #: (the CLI per task) exercise every moving part of the harness.
 MEASUREMENTS = "throughput,memory,oneshot"

@@ -11,18 +11,17 @@ import importlib.util
 import os
 import signal
 import sys
-import time
-from pathlib import Path
 
 import pytest
 
-from boefje_runtime import BoefjeAPIClient, RetryPolicy, TaskFilter
-from boefje_runtime.pool import PoolSettings, WorkerPool
+from boefje_runtime import RetryPolicy
 from boefje_runtime.testing import make_task
 
-from . import pool_boefjes
+from .helpers import IMAGE, ROOT, wait_until
 
-CHAOS_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "chaos.py"
+CHAOS_PATH = ROOT / "benchmarks" / "chaos.py"
+#: A client that gives up on a request within half a second and repeats it: a delayed PATCH lands late.
+IMPATIENT = {"timeout": 0.5, "retry": RetryPolicy(attempts=5, total_seconds=10, initial_wait=0.05, max_wait=0.2)}
 
 
 def _load_chaos():
@@ -77,62 +76,42 @@ def test_the_pool_survives_kills_outages_and_bad_answers(tmp_path, capsys):
     assert report.failure_reasons["the boefje raised"] >= 1, report.summary()
 
 
-def _wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
-
-
 @pytest.mark.timeout(60)
-def test_a_late_running_patch_does_not_leave_a_closed_task_running(boefje_api):
+def test_a_late_running_patch_does_not_leave_a_closed_task_running(boefje_api, make_pool):
     """Found by the chaos run: the scheduler does not guard transitions, so a running PATCH the client
     gave up on (and repeated) that lands after the output reopened the task for good."""
     # Given a worker whose running PATCH is answered only after the client gave up on it
-    client = BoefjeAPIClient(boefje_api.url, timeout=0.5,
-                             retry=RetryPolicy(attempts=5, total_seconds=10, initial_wait=0.05, max_wait=0.2))
-    pool = WorkerPool(client, TaskFilter(["test-image"]), registry=pool_boefjes.registry(),
-                      settings=PoolSettings(pool_size=1, poll_interval=0.2, shutdown_timeout=2)).start()
-    try:
-        boefje_api.inject("patch", delay=1.0, times=1)
-        task_id = boefje_api.enqueue(make_task("hello", oci_image="test-image"))
+    make_pool(**IMPATIENT, pool_size=1, shutdown_timeout=2).start()
+    boefje_api.inject("patch", delay=1.0, times=1)
+    task_id = boefje_api.enqueue(make_task("hello", oci_image=IMAGE))
 
-        # When the retried PATCH let the task run and close, and then the first one lands
-        _wait_until(lambda: "completed" in boefje_api.history(task_id), 10, "the task to complete")
-        _wait_until(lambda: sum(1 for r in boefje_api.request_log() if r.endpoint == "patch" and r.status) >= 2,
-                    10, "the late PATCH to be handled")
+    # When the retried PATCH let the task run and close, and then the first one lands
+    wait_until(lambda: "completed" in boefje_api.history(task_id), 10, "the task to complete")
+    wait_until(lambda: sum(1 for r in boefje_api.request_log() if r.endpoint == "patch" and r.status) >= 2,
+               10, "the late PATCH to be handled")
 
-        # Then the runtime notices the reopening and closes the task again
-        _wait_until(lambda: boefje_api.history(task_id)[-2:] == ["running", "completed"]
-                    and boefje_api.history(task_id).count("completed") == 2, 10, "the task to be closed again")
-        assert boefje_api.history(task_id)[-4:] == ["running", "completed", "running", "completed"]
-    finally:
-        pool.stop(immediate=True, timeout=20)
+    # Then the runtime notices the reopening and closes the task again
+    wait_until(lambda: boefje_api.history(task_id)[-2:] == ["running", "completed"]
+               and boefje_api.history(task_id).count("completed") == 2, 10, "the task to be closed again")
+    assert boefje_api.history(task_id)[-4:] == ["running", "completed", "running", "completed"]
 
 
 @pytest.mark.timeout(60)
-def test_a_running_patch_from_a_killed_worker_does_not_reopen_its_closed_task(boefje_api, tmp_path):
+def test_a_running_patch_from_a_killed_worker_does_not_reopen_its_closed_task(boefje_api, make_pool):
     """Found by the chaos run (seed 4 of the CI settings)."""
     # Given a worker whose running PATCH the API holds for a second
-    client = BoefjeAPIClient(boefje_api.url, timeout=0.5,
-                             retry=RetryPolicy(attempts=5, total_seconds=10, initial_wait=0.05, max_wait=0.2))
-    pool = WorkerPool(client, TaskFilter(["test-image"]), registry=pool_boefjes.registry(),
-                      settings=PoolSettings(pool_size=1, poll_interval=0.2, shutdown_timeout=2)).start()
-    try:
-        _wait_until(lambda: any(w.ready for w in list(pool.workers)), 10, "a ready worker")
-        [worker] = pool.workers
-        boefje_api.inject("patch", delay=1.0, times=1)
-        task_id = boefje_api.enqueue(make_task("hello", oci_image="test-image"))
+    pool = make_pool(**IMPATIENT, pool_size=1, shutdown_timeout=2).start()
+    wait_until(lambda: any(w.ready for w in list(pool.workers)), 10, "a ready worker")
+    [worker] = pool.workers
+    boefje_api.inject("patch", delay=1.0, times=1)
+    task_id = boefje_api.enqueue(make_task("hello", oci_image=IMAGE))
 
-        # When the worker is killed while that PATCH is in flight, and the pool closes its task
-        _wait_until(lambda: boefje_api.request_counts().get("patch", 0) >= 1, 10, "the PATCH to arrive")
-        os.kill(worker.pid, signal.SIGKILL)
-        _wait_until(lambda: "failed" in boefje_api.history(task_id), 10, "the task to be failed")
-        _wait_until(lambda: sum(1 for r in boefje_api.request_log() if r.endpoint == "patch" and r.status) >= 2,
-                    10, "the late PATCH to be handled")
+    # When the worker is killed while that PATCH is in flight, and the pool closes its task
+    wait_until(lambda: boefje_api.request_counts().get("patch", 0) >= 1, 10, "the PATCH to arrive")
+    os.kill(worker.pid, signal.SIGKILL)
+    wait_until(lambda: "failed" in boefje_api.history(task_id), 10, "the task to be failed")
+    wait_until(lambda: sum(1 for r in boefje_api.request_log() if r.endpoint == "patch" and r.status) >= 2,
+               10, "the late PATCH to be handled")
 
-        # Then the task does not stay reopened
-        _wait_until(lambda: boefje_api.status(task_id) == "failed", 6, "the task to be closed again")
-    finally:
-        pool.stop(immediate=True, timeout=20)
+    # Then the task does not stay reopened
+    wait_until(lambda: boefje_api.status(task_id) == "failed", 6, "the task to be closed again")

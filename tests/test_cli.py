@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -12,15 +11,7 @@ import pytest
 from boefje_runtime.config import SETTINGS
 from boefje_runtime.exit_codes import ExitCode
 
-CLI = [sys.executable, "-m", "boefje_runtime_cli"]
-#: Every env var the CLI reads, removed so the developer's shell cannot change a test's outcome.
-OUR_ENV = {setting.env for setting in SETTINGS}
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    environ = {key: value for key, value in os.environ.items() if key not in OUR_ENV}
-    environ.update(env or {})
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, env=environ, timeout=timeout)
+from .helpers import cli_env, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +141,7 @@ def imported_modules(*args: str) -> set[str]:
     result = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "boefje_runtime_cli", *args],
         capture_output=True, text=True, timeout=60,
-        env={key: value for key, value in os.environ.items() if key not in OUR_ENV},
+        env=cli_env(),
     )
     assert result.returncode == 0, result.stderr[-2000:]
     return {match.group(1).strip() for match in re.finditer(r"^import time:\s+\d+ \|\s+\d+ \|\s*(.+)$",

@@ -24,7 +24,6 @@ test that retries costs milliseconds; only the ``Retry-After`` tests wait for re
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import logging
@@ -45,6 +44,8 @@ from boefje_runtime.filters import TaskFilter
 from boefje_runtime.models import BoefjeInput, BoefjeOutput, OutputFile, OutputStatus, Task, TaskStatus
 from boefje_runtime.retry import NO_RETRY, RetryPolicy
 from boefje_runtime.testing import BoefjeAPIServer, make_task
+
+from .helpers import b64
 
 #: Tiny waits so retrying tests stay fast; generous attempts and total time so they never run out.
 FAST = RetryPolicy(attempts=4, total_seconds=10.0, initial_wait=0.01, max_wait=0.05)
@@ -80,10 +81,6 @@ def running_task(api: BoefjeAPIServer, **kwargs: Any) -> str:
     task_id = dispatched_task(api, **kwargs)
     api.set_status(task_id, "running")
     return task_id
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 OUTPUT = BoefjeOutput(OutputStatus.COMPLETED, [OutputFile("0", b64(b"hello"), ["text/plain", "boefje/dns-records"])])
@@ -985,13 +982,6 @@ def test_extra_headers_are_sent_on_every_request_and_never_logged(recorder, capl
 
 
 # -- TLS settings and clone() -------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def no_ca_env(monkeypatch):
-    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
-    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
-    return monkeypatch
 
 
 def test_tls_verification_is_on_by_default(no_ca_env):

@@ -10,7 +10,6 @@ import json
 import re
 import sys
 from importlib.metadata import distribution
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +20,8 @@ from boefje_runtime.examples import BOEFJES_DIR
 from boefje_runtime.plugins import BoefjeRegistry
 from boefje_runtime.testing import EXAMPLE_BOEFJE_IDS, EXAMPLE_OCI_IMAGE, make_task
 
-ROOT = Path(__file__).resolve().parents[1]
+from .helpers import ROOT
+
 EXAMPLES = ROOT / "examples"
 DOCKERFILE = EXAMPLES / "docker" / "Dockerfile"
 COMPOSE = EXAMPLES / "docker" / "docker-compose.yml"

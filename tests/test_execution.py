@@ -5,11 +5,9 @@ from __future__ import annotations
 import base64
 import logging
 import os
-import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timezone
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,24 +22,7 @@ from boefje_runtime.execution import (
 from boefje_runtime.models import BoefjeMeta, OutputStatus
 from boefje_runtime.plugins import Boefje, BoefjeRegistry
 
-TREES = Path(__file__).parent / "plugin_trees"
 SECRET = "s3cr3t-api-key"
-
-
-@pytest.fixture
-def tree(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
-    """Copy a plugin tree into tmp_path; afterwards forget every module imported from there."""
-    saved_path = list(sys.path)
-
-    def copy(name: str) -> Path:
-        return Path(shutil.copytree(TREES / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__")))
-
-    yield copy
-    sys.path[:] = saved_path
-    for name, module in list(sys.modules.items()):
-        paths = [getattr(module, "__file__", None) or "", *list(getattr(module, "__path__", None) or [])]
-        if any(str(p).startswith(str(tmp_path)) for p in paths) or name.startswith("_boefje_runtime_plugin_"):
-            del sys.modules[name]
 
 
 @pytest.fixture(autouse=True)

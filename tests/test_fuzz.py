@@ -21,8 +21,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -32,8 +30,7 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from boefje_runtime import BoefjeAPIClient, RetryPolicy, TaskFilter
-from boefje_runtime.config import SETTINGS
+from boefje_runtime import BoefjeAPIClient, RetryPolicy
 from boefje_runtime.errors import APIResponseError, BoefjeRuntimeError, ParseError
 from boefje_runtime.exit_codes import ExitCode
 from boefje_runtime.models import (
@@ -46,16 +43,15 @@ from boefje_runtime.models import (
     Task,
     parse_task_list,
 )
-from boefje_runtime.pool import PoolSettings, WorkerPool
+from boefje_runtime.pool import WorkerPool
 from boefje_runtime.retry import NO_RETRY
 from boefje_runtime.testing import BoefjeAPIServer, make_task
 
-from . import pool_boefjes
+from .helpers import IMAGE, new_pool, run_cli, wait_until
 
 FIXED_ID = "0b0e9a3c-6a43-4f5e-9a2b-7d1c2f3e4a5b"
 #: JSON nested far deeper than the decoder's recursion limit.
 DEEP = b"[" * 100_000 + b"]" * 100_000
-IMAGE = "test-image"
 
 # -- strategies -----------------------------------------------------------------------------------
 
@@ -346,26 +342,14 @@ def fuzz_pool(fuzz_api) -> Iterator[tuple[WorkerPool, _Lines]]:
     logger.addHandler(lines)
     level = logger.level
     logger.setLevel(logging.INFO)
-    pool = WorkerPool(
-        BoefjeAPIClient(fuzz_api.url, timeout=5, retry=RetryPolicy(attempts=3, total_seconds=5, initial_wait=0.05)),
-        TaskFilter([IMAGE]),
-        registry=pool_boefjes.registry(),
-        settings=PoolSettings(pool_size=1, poll_interval=0.05, max_error_backoff=0.2, shutdown_timeout=2),
-    ).start()
+    pool = new_pool(fuzz_api.url, timeout=5, retry=RetryPolicy(attempts=3, total_seconds=5, initial_wait=0.05),
+                    pool_size=1, poll_interval=0.05, max_error_backoff=0.2, shutdown_timeout=2).start()
     try:
         yield pool, lines
     finally:
         pool.stop(immediate=True, timeout=20)
         logger.removeHandler(lines)
         logger.setLevel(level)
-
-
-def _wait(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
 
 
 _victims = iter(range(10**6))
@@ -393,11 +377,11 @@ def test_worker_mode_fails_malformed_tasks_and_keeps_going(fuzz_api, fuzz_pool, 
 
     # When the pop answers it
     fault = fuzz_api.inject("pop", body=body)
-    _wait(lambda: fault.hits, 10, "the forged pop answer to be served")
+    wait_until(lambda: fault.hits, 10, "the forged pop answer to be served")
 
     # Then a malformed task is reported and marked failed; a valid one runs; the pool goes on
     if malformed:
-        _wait(lambda: fuzz_api.status(victim) == "failed", 10, "the malformed task to be marked failed")
+        wait_until(lambda: fuzz_api.status(victim) == "failed", 10, "the malformed task to be marked failed")
         assert any("Malformed task in the pop answer" in line for line in lines.lines[logged:])
     follow_up = fuzz_api.enqueue(make_task("hello", oci_image=IMAGE))
     fuzz_api.wait_for_status(follow_up, "completed", timeout=15)
@@ -405,23 +389,17 @@ def test_worker_mode_fails_malformed_tasks_and_keeps_going(fuzz_api, fuzz_pool, 
 
 
 @pytest.mark.timeout(60)
-def test_a_deeply_nested_pop_answer_does_not_kill_the_supervisor(boefje_api):
+def test_a_deeply_nested_pop_answer_does_not_kill_the_supervisor(boefje_api, make_pool):
     """It did: the RecursionError escaped the client and the supervisor's loop."""
-    pool = WorkerPool(BoefjeAPIClient(boefje_api.url, timeout=5), TaskFilter([IMAGE]),
-                      registry=pool_boefjes.registry(),
-                      settings=PoolSettings(pool_size=1, poll_interval=0.05, max_error_backoff=0.2)).start()
-    try:
-        fault = boefje_api.inject("pop", body=DEEP)
-        _wait(lambda: fault.hits, 10, "the deep answer to be served")
-        follow_up = boefje_api.enqueue(make_task("hello", oci_image=IMAGE))
-        boefje_api.wait_for_status(follow_up, "completed", timeout=3)
-    finally:
-        pool.stop(immediate=True, timeout=20)
+    # the client's own retry policy (retry=None), as a deployed worker has it
+    make_pool(timeout=5, retry=None, pool_size=1, poll_interval=0.05, max_error_backoff=0.2).start()
+    fault = boefje_api.inject("pop", body=DEEP)
+    wait_until(lambda: fault.hits, 10, "the deep answer to be served")
+    follow_up = boefje_api.enqueue(make_task("hello", oci_image=IMAGE))
+    boefje_api.wait_for_status(follow_up, "completed", timeout=3)
 
 
 # -- the one-shot CLI -------------------------------------------------------------------------------
-
-OUR_ENV = {setting.env for setting in SETTINGS}
 
 
 @st.composite
@@ -447,12 +425,8 @@ def test_oneshot_cli_exits_with_the_documented_code_and_one_line(fuzz_api, tmp_p
     body, status = garbage
     fuzz_api.clear_faults()
     fuzz_api.inject("input", body=body, status=status)
-    environ = {key: value for key, value in os.environ.items() if key not in OUR_ENV}
-    result = subprocess.run(
-        [sys.executable, "-m", "boefje_runtime_cli", "--plugin-dir", str(tmp_path_factory.getbasetemp()),
-         "--log-level", level, "--logging-format", fmt, f"{fuzz_api.url}/api/v0/tasks/{FIXED_ID}"],
-        capture_output=True, text=True, env=environ, timeout=60,
-    )
+    result = run_cli("--plugin-dir", str(tmp_path_factory.getbasetemp()), "--log-level", level,
+                     "--logging-format", fmt, f"{fuzz_api.url}/api/v0/tasks/{FIXED_ID}")
     expected = ExitCode.INPUT_MALFORMED if 200 <= status < 300 else ExitCode.INPUT_UNAVAILABLE
     assert result.returncode == expected, result.stderr
     assert "Traceback" not in result.stderr

@@ -8,53 +8,22 @@ is bounded.
 from __future__ import annotations
 
 import http.client
-import os
 import socket
 import sys
-import time
-from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from boefje_runtime import BoefjeAPIClient, RetryPolicy, TaskFilter
 from boefje_runtime.health import HealthState, OperatorServer, attach_operator_endpoints, default_stale_after
 from boefje_runtime.metrics import PoolMetrics
-from boefje_runtime.pool import PoolSettings, WorkerPool
 from boefje_runtime.pool.supervisor import SUPERVISOR_RETRY
-from boefje_runtime.testing import make_task
 
-from . import pool_boefjes
-
-FAST_RETRY = RetryPolicy(attempts=6, total_seconds=15.0, initial_wait=0.05, max_wait=0.5)
-IMAGE = "test-image"
+from .helpers import hold_task, task, wait_until
 
 Samples = dict[tuple[str, frozenset], float]
 
 
 # -- helpers --------------------------------------------------------------------------------------
-
-
-def wait_until(predicate, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
-
-
-def task(boefje_id: str = "hello", **kwargs) -> dict:
-    kwargs.setdefault("input_ooi", f"Hostname|internet|{os.urandom(4).hex()}.example")
-    return make_task(boefje_id, oci_image=IMAGE, **kwargs)
-
-
-def hold_task(tmp_path: Path, name: str) -> tuple[dict, Path, Path]:
-    pid_file, release_file = tmp_path / f"{name}.pid", tmp_path / f"{name}.release"
-    return (
-        task("hold", arguments={"pid_file": str(pid_file), "release_file": str(release_file)}),
-        pid_file,
-        release_file,
-    )
 
 
 def get(server: OperatorServer, path: str, method: str = "GET") -> tuple[int, str, str]:
@@ -92,30 +61,22 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
 
 
 @pytest.fixture
-def operated(boefje_api):
-    """Build a pool with the endpoint attached (not started); stop and close both afterwards."""
-    made: list[tuple[WorkerPool, OperatorServer]] = []
+def operated(make_pool):
+    """Build a pool of one with the endpoint attached (not started); close the endpoint afterwards
+    (``make_pool`` stops the pool)."""
+    servers: list[OperatorServer] = []
 
     def make(*, unreachable_after: float = 30.0, stale_after: float | None = None, **settings):
         settings.setdefault("pool_size", 1)
-        settings.setdefault("poll_interval", 0.2)
-        settings.setdefault("shutdown_timeout", 5.0)
-        pool = WorkerPool(
-            BoefjeAPIClient(boefje_api.url, retry=FAST_RETRY),
-            TaskFilter([IMAGE]),
-            registry=pool_boefjes.registry(),
-            settings=PoolSettings(**settings),
-        )
+        pool = make_pool(**settings)
         server = attach_operator_endpoints(
             pool, "127.0.0.1", 0, unreachable_after=unreachable_after, stale_after=stale_after
         )
-        made.append((pool, server))
+        servers.append(server)
         return pool, server
 
     yield make
-    for pool, server in made:
-        if pool.phase not in ("new", "stopped"):
-            pool.stop(immediate=True, timeout=20)
+    for server in servers:
         server.close()
 
 

@@ -12,22 +12,19 @@ import json
 import os
 import socket
 import subprocess
-import sys
-import textwrap
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import requests
 
-from boefje_runtime.config import SETTINGS, RuntimeConfig
+from boefje_runtime.config import RuntimeConfig
 from boefje_runtime.exit_codes import ExitCode
 from boefje_runtime.oneshot import origin, run_oneshot
 from boefje_runtime.testing import BoefjeAPIServer, make_task
 
-CLI = [sys.executable, "-m", "boefje_runtime_cli"]
-OUR_ENV = {setting.env for setting in SETTINGS}
+from . import helpers
+from .helpers import error_text, write_plugin
+
 SECRET = "planted-s3cr3t-9f2c"
 
 BOEFJES = {
@@ -75,11 +72,8 @@ BOEFJES = {
 def plugin_dir(tmp_path: Path) -> Path:
     root = tmp_path / "plugins"
     for name, code in BOEFJES.items():
-        folder = root / f"boefje_{name}"
-        folder.mkdir(parents=True)
-        meta = {"id": name.replace("_", "-"), "name": name, "oci_image": f"test/{name}:latest"}
-        (folder / "boefje.json").write_text(json.dumps(meta))
-        (folder / "main.py").write_text(textwrap.dedent(code))
+        write_plugin(root / f"boefje_{name}", code, id=name.replace("_", "-"), name=name,
+                     oci_image=f"test/{name}:latest")
     return root
 
 
@@ -103,12 +97,8 @@ def input_url(api: BoefjeAPIServer, task_id: str) -> str:
 
 def run_cli(url: str, plugin_dir: Path, *args: str, env: dict[str, str] | None = None,
             timeout: float = 90) -> subprocess.CompletedProcess:
-    environ = {key: value for key, value in os.environ.items() if key not in OUR_ENV}
-    environ.update(env or {})
-    return subprocess.run(
-        [*CLI, "--plugin-dir", str(plugin_dir), *args, url],
-        capture_output=True, text=True, env=environ, timeout=timeout,
-    )
+    """``boefje-worker --plugin-dir PLUGIN_DIR ARGS URL``: one-shot mode."""
+    return helpers.run_cli("--plugin-dir", str(plugin_dir), *args, url, env=env, timeout=timeout)
 
 
 def error_line(result: subprocess.CompletedProcess) -> str:
@@ -145,10 +135,9 @@ def test_boefje_exception_posts_failed_with_the_traceback_and_exits_ok(api, plug
     result = run_cli(input_url(api, task_id), plugin_dir)
     assert result.returncode == ExitCode.OK, result.stderr
     assert api.status(task_id) == "failed"
-    (file,) = api.files(task_id)
-    assert "error/boefje" in file["tags"]
-    assert b"RuntimeError: the scan broke" in file["content"]
-    assert b"Traceback" in file["content"]
+    error = error_text(api, task_id)
+    assert "RuntimeError: the scan broke" in error
+    assert "Traceback" in error
 
 
 def test_empty_result_still_closes_the_task(api, plugin_dir):
@@ -165,9 +154,7 @@ def test_wrong_return_shape_fails_the_task_and_exits_ok(api, plugin_dir):
     result = run_cli(input_url(api, task_id), plugin_dir)
     assert result.returncode == ExitCode.OK, result.stderr
     assert api.status(task_id) == "failed"
-    (file,) = api.files(task_id)
-    assert "error/boefje" in file["tags"]
-    assert b"invalid result" in file["content"]
+    assert "invalid result" in error_text(api, task_id)
 
 
 def test_the_task_environment_is_visible_to_the_boefje_over_the_process_environment(api, plugin_dir):
@@ -264,9 +251,7 @@ def test_unknown_boefje_exits_not_found_and_marks_the_task_failed(api, plugin_di
     line = error_line(result)
     assert "no-such-boefje" in line and input_url(api, task_id) in line
     assert api.status(task_id) == "failed"  # not left running
-    (file,) = api.files(task_id)
-    assert "error/boefje" in file["tags"]
-    assert b"no-such-boefje" in file["content"]
+    assert "no-such-boefje" in error_text(api, task_id)
 
 
 def test_broken_plugin_exits_not_found_and_marks_the_task_failed(api, plugin_dir):
@@ -296,48 +281,14 @@ def test_output_post_failing_exits_undeliverable(api, plugin_dir):
     assert input_url(api, task_id) in line and "500" in line
 
 
-class _Recorder(BaseHTTPRequestHandler):
-    """A stand-in for a host a forged input points at: records requests, answers 200 ``{}``."""
-
-    requests: list[dict] = []
-
-    def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        type(self).requests.append({"path": self.path, "headers": dict(self.headers),
-                                    "body": json.loads(self.rfile.read(length) or b"null")})
-        body = b"{}"
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args) -> None:
-        pass
-
-
-@pytest.fixture
-def foreign_host():
-    """A second HTTP server on another port: another origin than the test API."""
-    handler = type("Recorder", (_Recorder,), {"requests": []})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield server, handler.requests
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def forge_output_url(api: BoefjeAPIServer, task_id: str, output_url: str) -> None:
     api.inject("input", body=json.dumps({"task": api.task(task_id), "output_url": output_url}))
 
 
 def test_output_url_on_another_origin_is_refused_before_the_boefje_runs(api, plugin_dir, foreign_host):
-    server, received = foreign_host
+    foreign_port, received = foreign_host
     task_id = running_task(api, "hello")
-    foreign = f"http://127.0.0.1:{server.server_address[1]}/collect"
+    foreign = f"http://127.0.0.1:{foreign_port}/collect"
     forge_output_url(api, task_id, foreign)
     result = run_cli(input_url(api, task_id), plugin_dir, "--api-header", "Authorization: Bearer api-token-123")
     assert result.returncode == ExitCode.OUTPUT_UNDELIVERABLE
@@ -357,15 +308,15 @@ def test_another_host_name_for_the_same_address_is_another_origin(api, plugin_di
 
 
 def test_foreign_output_when_allowed_gets_no_api_headers(api, plugin_dir, foreign_host):
-    server, received = foreign_host
+    foreign_port, received = foreign_host
     task_id = running_task(api, "hello")
-    forge_output_url(api, task_id, f"http://127.0.0.1:{server.server_address[1]}/collect")
+    forge_output_url(api, task_id, f"http://127.0.0.1:{foreign_port}/collect")
     result = run_cli(input_url(api, task_id), plugin_dir, "--allow-foreign-output",
                      "--api-header", "Authorization: Bearer api-token-123")
     assert result.returncode == ExitCode.OK, result.stderr
     (request,) = received
     assert request["path"] == "/collect"
-    assert request["body"]["status"] == "COMPLETED"
+    assert json.loads(request["body"])["status"] == "COMPLETED"
     assert "Authorization" not in request["headers"]
     assert "api-token-123" not in result.stderr
 

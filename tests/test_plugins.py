@@ -9,9 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,28 +17,7 @@ import pytest
 from boefje_runtime.errors import BoefjeNotFound, BoefjeRuntimeError, PluginError
 from boefje_runtime.plugins import Boefje, BoefjeRegistry, PluginProblem
 
-TREES = Path(__file__).parent / "plugin_trees"
-
-
-def _lives_under(module: object, folder: str) -> bool:
-    paths = [getattr(module, "__file__", None) or "", *list(getattr(module, "__path__", None) or [])]
-    return any(str(path).startswith(folder) for path in paths)
-
-
-@pytest.fixture
-def tree(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
-    """Copy a plugin tree into tmp_path; afterwards forget every module imported from there."""
-    saved_path = list(sys.path)
-
-    def copy(name: str) -> Path:
-        return Path(shutil.copytree(TREES / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__")))
-
-    yield copy
-    sys.path[:] = saved_path
-    for name, module in list(sys.modules.items()):
-        if _lives_under(module, str(tmp_path)) or name.startswith("_boefje_runtime_plugin_"):
-            del sys.modules[name]
-
+from .helpers import write_plugin
 
 META = {"id": "t-1", "boefje": {"id": "alpha"}, "input_ooi": "Hostname|internet|example.com", "organization": "o"}
 
@@ -138,9 +115,7 @@ def test_a_tree_whose_package_name_is_taken_runs_its_own_code(tree):
 
 
 def _write_boefje(folder: Path, boefje_id: str) -> None:
-    folder.mkdir(parents=True)
-    (folder / "boefje.json").write_text(f'{{"id": "{boefje_id}"}}')
-    (folder / "main.py").write_text("def run(boefje_meta):\n    return []\n")
+    write_plugin(folder, "def run(boefje_meta):\n    return []\n", id=boefje_id)
 
 
 def test_skips_hidden_folders_caches_node_modules_and_virtualenvs(tmp_path):

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from boefje_runtime.config import SETTINGS
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+from .helpers import ROOT
+
+README = (ROOT / "README.md").read_text()
 
 
 def test_readme_starts_with_the_two_commands():
@@ -15,7 +15,7 @@ def test_readme_starts_with_the_two_commands():
 
 
 def test_the_ci_script_runs_the_readme_test_command():
-    ci = (Path(__file__).resolve().parent.parent / ".ci" / "run").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in ci
 
 

@@ -20,10 +20,7 @@ import re
 import shutil
 import ssl
 import subprocess
-import sys
-import textwrap
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import quote
@@ -32,41 +29,24 @@ import pytest
 
 import boefje_runtime
 import boefje_runtime_cli
-from boefje_runtime import BoefjeAPIClient, RetryPolicy, TaskFilter
-from boefje_runtime.config import SETTINGS, RuntimeConfig
+from boefje_runtime import BoefjeAPIClient, RetryPolicy
+from boefje_runtime.config import RuntimeConfig
 from boefje_runtime.errors import APIConnectionError
 from boefje_runtime.exit_codes import ExitCode
 from boefje_runtime.oneshot import run_oneshot
 from boefje_runtime.plugins import BoefjeRegistry
-from boefje_runtime.pool import PoolSettings, WorkerPool
 from boefje_runtime.retry import NO_RETRY
 from boefje_runtime.testing import BoefjeAPIServer, make_task
 
 from . import abuse_boefjes
+from .helpers import IMAGE, run_cli, write_plugin
 
 pytestmark = pytest.mark.timeout(120)
 
-CLI = [sys.executable, "-m", "boefje_runtime_cli"]
-OUR_ENV = {setting.env for setting in SETTINGS}
-IMAGE = "test-image"
 #: Planted organisation secrets: a plain one, and one with characters JSON and repr() escape.
 SECRET = "planted-s3cr3t-7c1e"
 ODD_SECRET = 'odd"s3cr3t\\with\tescapes-é'
 API_TOKEN = "s3cr3t-token"
-
-
-def wait_until(predicate, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
-
-
-def cli_env(**extra: str) -> dict[str, str]:
-    environ = {key: value for key, value in os.environ.items() if key not in OUR_ENV}
-    environ.update(extra)
-    return environ
 
 
 def running_task(api: BoefjeAPIServer, boefje_id: str, **kwargs) -> str:
@@ -76,59 +56,13 @@ def running_task(api: BoefjeAPIServer, boefje_id: str, **kwargs) -> str:
 
 
 @pytest.fixture
-def make_pool(boefje_api):
-    pools: list[WorkerPool] = []
-
-    def make(**settings) -> WorkerPool:
-        settings.setdefault("pool_size", 1)
-        settings.setdefault("poll_interval", 0.1)
-        settings.setdefault("shutdown_timeout", 5.0)
-        pool = WorkerPool(BoefjeAPIClient(boefje_api.url, retry=RetryPolicy(attempts=4, total_seconds=10)),
-                          TaskFilter([IMAGE]), registry=abuse_boefjes.registry(), settings=PoolSettings(**settings))
-        pools.append(pool)
-        return pool.start()
-
-    yield make
-    for pool in pools:
-        if pool.phase not in ("new", "stopped"):
-            pool.stop(immediate=True, timeout=20)
+def pool_options():
+    """One worker polling fast, with the misbehaving boefjes."""
+    return {"registry": abuse_boefjes.registry(), "pool_size": 1, "poll_interval": 0.1,
+            "retry": RetryPolicy(attempts=4, total_seconds=10)}
 
 
 # -- one-shot: where the output may go ---------------------------------------------------------------
-
-
-class _Recorder(BaseHTTPRequestHandler):
-    """Another origin a forged input points at: records every request, answers 200 ``{}``."""
-
-    requests: list[dict] = []
-
-    def _record(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        type(self).requests.append({"method": self.command, "path": self.path, "headers": dict(self.headers),
-                                    "body": self.rfile.read(length)})
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"{}")
-
-    do_GET = do_POST = do_PATCH = _record
-
-    def log_message(self, format: str, *args) -> None:
-        pass
-
-
-@pytest.fixture
-def foreign_host():
-    handler = type("Recorder", (_Recorder,), {"requests": []})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1], handler.requests
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def hello_registry() -> BoefjeRegistry:
@@ -181,11 +115,8 @@ def test_a_forged_output_url_is_refused_by_the_cli(boefje_api, foreign_host, tmp
     forged = f"http://127.0.0.1:{foreign_port}\\@127.0.0.1:{boefje_api.port}/collect"
     boefje_api.inject("input", body=json.dumps({"task": boefje_api.task(task_id), "output_url": forged}))
 
-    result = subprocess.run(
-        [*CLI, "--plugin-dir", str(plugins), "--api-header", f"Authorization: Bearer {API_TOKEN}",
-         f"{boefje_api.url}/api/v0/tasks/{task_id}"],
-        capture_output=True, text=True, env=cli_env(), timeout=60,
-    )
+    result = run_cli("--plugin-dir", str(plugins), "--api-header", f"Authorization: Bearer {API_TOKEN}",
+                     f"{boefje_api.url}/api/v0/tasks/{task_id}")
 
     assert result.returncode == ExitCode.OUTPUT_UNDELIVERABLE, result.stderr
     assert received == []
@@ -213,7 +144,7 @@ def test_foreign_output_when_allowed_goes_without_the_api_headers(boefje_api, fo
 def test_a_tasks_environment_is_gone_for_the_next_task_and_never_reaches_the_supervisor(boefje_api, make_pool):
     # Given one worker, and a task whose environment holds a secret and whose boefje tries to leak it
     assert "PLANTED" not in os.environ
-    pool = make_pool(pool_size=1)
+    pool = make_pool(pool_size=1).start()
     first = boefje_api.enqueue(make_task("env-echo", oci_image=IMAGE, environment={"PLANTED": SECRET}))
     leaker = boefje_api.enqueue(make_task("leak-environment", oci_image=IMAGE, environment={"PLANTED": SECRET}))
     boefje_api.wait_for_status([first, leaker], "completed")
@@ -274,20 +205,16 @@ PLUGINS = {
 
 def write_plugins(root: Path) -> Path:
     for boefje_id, code in PLUGINS.items():
-        folder = root / boefje_id.replace("-", "_")
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "boefje.json").write_text(json.dumps({"id": boefje_id, "oci_image": IMAGE}))
-        (folder / "main.py").write_text(textwrap.dedent(code))
+        write_plugin(root / boefje_id.replace("-", "_"), code, id=boefje_id, oci_image=IMAGE)
     return root
 
 
 def run_worker_cli(api: BoefjeAPIServer, plugins: Path, *args: str, env: dict[str, str] | None = None,
                    fmt: str = "text") -> subprocess.CompletedProcess:
     """The real CLI in worker mode, burst: it drains the queue and exits."""
-    environ = cli_env(BOEFJES_API=api.url, OCI_IMAGE=IMAGE, PLUGIN_DIR=str(plugins), POLL_INTERVAL="0.1",
-                      SHUTDOWN_TIMEOUT="5", POOL_SIZE="1", **(env or {}))
-    return subprocess.run([*CLI, "--burst", "--log-level", "DEBUG", "--logging-format", fmt, *args],
-                          capture_output=True, text=True, env=environ, timeout=90)
+    environ = {"BOEFJES_API": api.url, "OCI_IMAGE": IMAGE, "PLUGIN_DIR": str(plugins), "POLL_INTERVAL": "0.1",
+               "SHUTDOWN_TIMEOUT": "5", "POOL_SIZE": "1", **(env or {})}
+    return run_cli("--burst", "--log-level", "DEBUG", "--logging-format", fmt, *args, env=environ, timeout=90)
 
 
 def secret_forms(value: str) -> list[str]:
@@ -448,13 +375,6 @@ def tls_api(tmp_path_factory):
         server.server_close()
 
 
-@pytest.fixture
-def no_ca_env(monkeypatch):
-    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR"):
-        monkeypatch.delenv(name, raising=False)
-    return monkeypatch
-
-
 def test_tls_is_verified_by_default(tls_api, no_ca_env):
     url, _cert, handler = tls_api
     with BoefjeAPIClient(url, retry=NO_RETRY, timeout=10) as client, pytest.raises(APIConnectionError) as caught:
@@ -488,16 +408,15 @@ def test_the_oneshot_cli_refuses_an_unverified_https_input_and_accepts_a_trusted
     url, cert, handler = tls_api
     plugins = write_plugins(tmp_path / "plugins")
     input_url = f"{url}/api/v0/tasks/{handler.task['id']}"
-    environ = {k: v for k, v in cli_env().items() if k not in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")}
+    ca_variables = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 
-    refused = subprocess.run([*CLI, "--plugin-dir", str(plugins), input_url], capture_output=True, text=True,
-                             env=environ, timeout=90)
+    refused = run_cli("--plugin-dir", str(plugins), input_url, drop=ca_variables, timeout=90)
     assert refused.returncode == ExitCode.INPUT_UNAVAILABLE, refused.stderr
     errors = [line for line in refused.stderr.splitlines() if "[error]" in line]
     assert len(errors) == 1 and "CERTIFICATE_VERIFY_FAILED" in errors[0]
 
-    accepted = subprocess.run([*CLI, "--plugin-dir", str(plugins), input_url], capture_output=True, text=True,
-                              env={**environ, "REQUESTS_CA_BUNDLE": str(cert)}, timeout=90)
+    accepted = run_cli("--plugin-dir", str(plugins), input_url, env={"REQUESTS_CA_BUNDLE": str(cert)},
+                       drop=ca_variables, timeout=90)
     assert accepted.returncode == ExitCode.OK, accepted.stderr
     assert handler.outputs[-1]["status"] == "COMPLETED"
 
@@ -579,7 +498,7 @@ def injected_task(marker: Path, boefje_id: str) -> dict:
 
 def test_task_fields_with_shell_syntax_are_never_run_by_a_worker_pool(boefje_api, make_pool, tmp_path):
     marker = tmp_path / "pwned"
-    make_pool(pool_size=1)
+    make_pool(pool_size=1).start()
     ids = boefje_api.enqueue([injected_task(marker, "dump-environment"), injected_task(marker, "no-such-boefje"),
                               injected_task(marker, "env-echo")])
 
@@ -597,8 +516,7 @@ def test_task_fields_with_shell_syntax_are_never_run_by_the_oneshot_cli(boefje_a
         task_id = boefje_api.enqueue(injected_task(marker, boefje_id))
         boefje_api.set_status(task_id, "running")
         input_url = f"{boefje_api.url}/api/v0/tasks/{quote(task_id, safe='')}"
-        result = subprocess.run([*CLI, "--plugin-dir", str(plugins), input_url], capture_output=True, text=True,
-                                env=cli_env(), timeout=60, cwd=tmp_path)
+        result = run_cli("--plugin-dir", str(plugins), input_url, cwd=tmp_path)
         expected = ExitCode.OK if boefje_id == "hello" else ExitCode.BOEFJE_NOT_FOUND
         assert result.returncode == expected, result.stderr
         assert boefje_api.status(task_id) == ("completed" if boefje_id == "hello" else "failed")

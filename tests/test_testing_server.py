@@ -3,7 +3,6 @@ bookkeeping, the pytest fixture and the ``python -m boefje_runtime.testing`` com
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import queue
@@ -16,7 +15,6 @@ import threading
 import time
 import uuid
 from http.client import HTTPConnection
-from pathlib import Path
 
 import pytest
 import requests
@@ -31,7 +29,8 @@ from boefje_runtime.testing import (
     make_task,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+from .helpers import ROOT, b64
+
 TIMEOUT = 5  # seconds, on every HTTP call: a hung server fails a test instead of hanging it
 
 
@@ -56,10 +55,6 @@ def patch(http, api, task_id, status):
 
 def output(http, api, task_id, status="COMPLETED", files=None):
     return http.post(f"{api.url}/api/v0/tasks/{task_id}", json={"status": status, "files": files}, timeout=TIMEOUT)
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 def running_task(api, **kwargs):

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import os
 import queue
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,7 +14,11 @@ import pytest
 
 from boefje_runtime.testing import make_task
 
+from .helpers import CLI, alive, cli_env, wait_until, write_plugin
+
 IMAGE = "ghcr.io/example/worker-mode-test:latest"
+#: Waits for what a CLI subprocess does (it starts slower than an in-process pool).
+WAIT = 15.0
 
 HOLD_MAIN = '''
 import os, time
@@ -37,13 +38,10 @@ def run(boefje_meta):
 @pytest.fixture
 def plugin_dir(tmp_path: Path) -> Path:
     root = tmp_path / "boefjes" / "plugins"
-    hold = root / "kat_hold"
-    hold.mkdir(parents=True)
+    hold = write_plugin(root / "kat_hold", HOLD_MAIN, id="hold", name="Hold", oci_image=IMAGE)
     (tmp_path / "boefjes" / "__init__.py").write_text("")
     (root / "__init__.py").write_text("")
     (hold / "__init__.py").write_text("")
-    (hold / "boefje.json").write_text(json.dumps({"id": "hold", "name": "Hold", "oci_image": IMAGE}))
-    (hold / "main.py").write_text(HOLD_MAIN)
     return tmp_path
 
 
@@ -51,16 +49,15 @@ class Worker:
     """The CLI in worker mode as a child process, with its log lines collected as they come."""
 
     def __init__(self, api_url: str, plugin_dir: Path, *extra: str, **env: str) -> None:
-        environment = {
-            **os.environ,
+        environment = cli_env({
             "BOEFJES_API": api_url,
             "OCI_IMAGE": IMAGE,
             "PLUGIN_DIR": str(plugin_dir),
             "POLL_INTERVAL": "0.2",
             **env,
-        }
+        })
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "boefje_runtime_cli", *extra],
+            [*CLI, *extra],
             env=environment,
             cwd=plugin_dir,
             stdout=subprocess.PIPE,
@@ -123,22 +120,6 @@ def hold_task(tmp_path: Path, name: str, **extra) -> tuple[dict, Path, Path]:
     return task, pid_file, release_file
 
 
-def wait_until(predicate, timeout: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
-
-
-def gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            return any(line.startswith("State:") and "Z" in line for line in status)
-    except FileNotFoundError:
-        return True
-
-
 def test_start_up_lines_are_the_seeds(boefje_api, plugin_dir, workers):
     worker = Worker(boefje_api.url, plugin_dir, "-p", "hold", "--burst")
     workers.append(worker)
@@ -168,8 +149,8 @@ def test_sigterm_pushes_back_unstarted_tasks_unchanged_and_drains_the_running_on
     waiting_ids = boefje_api.enqueue(waiting)
     worker = Worker(boefje_api.url, plugin_dir, POOL_SIZE="1", PREFETCH="2")
     workers.append(worker)
-    wait_until(pid_file.exists, what="the first task to start")
-    wait_until(lambda: all(boefje_api.status(i) == "dispatched" for i in waiting_ids), what="prefetched tasks")
+    wait_until(pid_file.exists, WAIT, what="the first task to start")
+    wait_until(lambda: all(boefje_api.status(i) == "dispatched" for i in waiting_ids), WAIT, what="prefetched tasks")
 
     worker.process.send_signal(signal.SIGTERM)
     worker.wait_for_line(r"Shutting down")
@@ -191,7 +172,7 @@ def test_a_second_sigterm_skips_the_grace_period(boefje_api, plugin_dir, tmp_pat
     running_id = boefje_api.enqueue(running)
     worker = Worker(boefje_api.url, plugin_dir, POOL_SIZE="1", SHUTDOWN_TIMEOUT="60")
     workers.append(worker)
-    wait_until(pid_file.exists, what="the task to start")
+    wait_until(pid_file.exists, WAIT, what="the task to start")
 
     worker.process.send_signal(signal.SIGTERM)
     worker.wait_for_line(r"Shutting down")
@@ -202,7 +183,7 @@ def test_a_second_sigterm_skips_the_grace_period(boefje_api, plugin_dir, tmp_pat
     assert time.monotonic() - started < 10
     assert boefje_api.status(running_id) == "failed"
     assert b"shut down before this task finished" in boefje_api.files(running_id)[0]["content"]
-    assert gone(int(pid_file.read_text()))
+    assert not alive(int(pid_file.read_text()))
 
 
 def test_sigint_drains_like_sigterm(boefje_api, plugin_dir, tmp_path, workers):
@@ -210,7 +191,7 @@ def test_sigint_drains_like_sigterm(boefje_api, plugin_dir, tmp_path, workers):
     running_id = boefje_api.enqueue(running)
     worker = Worker(boefje_api.url, plugin_dir, POOL_SIZE="1")
     workers.append(worker)
-    wait_until(pid_file.exists, what="the task to start")
+    wait_until(pid_file.exists, WAIT, what="the task to start")
 
     worker.process.send_signal(signal.SIGINT)
     worker.wait_for_line(r"Shutting down")
@@ -226,10 +207,10 @@ def test_no_worker_survives_a_sigkilled_supervisor(boefje_api, plugin_dir, tmp_p
     worker = Worker(boefje_api.url, plugin_dir, POOL_SIZE="2")
     workers.append(worker)
     pids = worker.worker_pids(2)
-    wait_until(pid_file.exists, what="the task to start")
+    wait_until(pid_file.exists, WAIT, what="the task to start")
 
     worker.process.kill()
     worker.process.wait(10)
 
     for pid in pids:
-        wait_until(lambda pid=pid: gone(pid), timeout=10, what=f"worker {pid} to die with its supervisor")
+        wait_until(lambda pid=pid: not alive(pid), timeout=10, what=f"worker {pid} to die with its supervisor")

@@ -1,0 +1,145 @@
+"""Small helpers shared by the test modules; the shared fixtures are in ``tests/conftest.py``.
+
+- bounded waiting: :func:`wait_until`, :func:`alive`;
+- worker pools against the test Boefje API: :func:`new_pool`, :func:`task`, :func:`hold_task`,
+  :func:`ready_workers`, :func:`error_text`;
+- the real CLI as a subprocess: :data:`CLI`, :func:`cli_env`, :func:`run_cli`;
+- plugin folders in OpenKAT's layout: :func:`write_plugin`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from boefje_runtime import BoefjeAPIClient, RetryPolicy, TaskFilter
+from boefje_runtime.config import SETTINGS
+from boefje_runtime.plugins import BoefjeRegistry
+from boefje_runtime.pool import PoolSettings, WorkerPool
+from boefje_runtime.testing import BoefjeAPIServer, make_task
+
+from . import pool_boefjes
+from .pool_boefjes import IMAGE
+
+#: The repository's root folder.
+ROOT = Path(__file__).resolve().parent.parent
+#: Retries fast enough for a test, but enough of them to ride out a few injected faults.
+FAST_RETRY = RetryPolicy(attempts=6, total_seconds=15.0, initial_wait=0.05, max_wait=0.5)
+CLI = [sys.executable, "-m", "boefje_runtime_cli"]
+#: Every env var the CLI reads, removed so the developer's shell cannot change a test's outcome.
+OUR_ENV = {setting.env for setting in SETTINGS}
+
+
+# -- waiting --------------------------------------------------------------------------------------
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll ``predicate`` until it is true; TimeoutError naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie has ended; it only waits for its parent to read its status)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+# -- worker pools ---------------------------------------------------------------------------------
+
+
+def new_pool(
+    api_url: str,
+    *,
+    registry: BoefjeRegistry | None = None,
+    retry: RetryPolicy | None = FAST_RETRY,
+    timeout: float | None = None,
+    **settings: Any,
+) -> WorkerPool:
+    """A pool (not started) taking :data:`IMAGE`'s tasks from the Boefje API at ``api_url``.
+
+    ``registry`` defaults to tests/pool_boefjes.py's; ``retry`` and ``timeout`` go to the client
+    (None: the client's own default); ``settings`` are :class:`PoolSettings` fields, by default a
+    pool of two that polls often and shuts down within seconds.
+    """
+    settings = {"pool_size": 2, "poll_interval": 0.2, "shutdown_timeout": 5.0, **settings}
+    client_options: dict[str, Any] = {"retry": retry} if timeout is None else {"retry": retry, "timeout": timeout}
+    return WorkerPool(
+        BoefjeAPIClient(api_url, **client_options),
+        TaskFilter([IMAGE]),
+        registry=registry if registry is not None else pool_boefjes.registry(),
+        settings=PoolSettings(**settings),
+    )
+
+
+def task(boefje_id: str = "hello", **kwargs: Any) -> dict:
+    """A task for :data:`IMAGE` with an input OOI of its own (so deduplication leaves it alone)."""
+    kwargs.setdefault("input_ooi", f"Hostname|internet|{os.urandom(4).hex()}.example")
+    return make_task(boefje_id, oci_image=IMAGE, **kwargs)
+
+
+def hold_task(tmp_path: Path, name: str, boefje_id: str = "hold", max_wait: float = 30.0) -> tuple[dict, Path, Path]:
+    """A task whose boefje writes its pid to the pid file, then runs until the release file exists
+    (at most ``max_wait`` s); returns the task, the pid file and the release file."""
+    pid_file, release_file = tmp_path / f"{name}.pid", tmp_path / f"{name}.release"
+    arguments = {"pid_file": str(pid_file), "release_file": str(release_file), "max_wait": max_wait}
+    return task(boefje_id, arguments=arguments), pid_file, release_file
+
+
+def ready_workers(pool: WorkerPool) -> int:
+    return sum(1 for worker in list(pool.workers) if worker.ready and worker.exitcode is None)
+
+
+def error_text(api: BoefjeAPIServer, task_id: str) -> str:
+    """The text of a task's only file, which must be the runtime's ``error/boefje`` file."""
+    [error] = api.files(task_id)
+    assert "error/boefje" in error["tags"]
+    return error["content"].decode()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+# -- the CLI as a subprocess ----------------------------------------------------------------------
+
+
+def cli_env(extra: Mapping[str, str] | None = None, *, drop: Iterable[str] = ()) -> dict[str, str]:
+    """This process's environment without :data:`OUR_ENV` and ``drop``, plus ``extra``."""
+    removed = OUR_ENV | set(drop)
+    environ = {key: value for key, value in os.environ.items() if key not in removed}
+    environ.update(extra or {})
+    return environ
+
+
+def run_cli(*args: str, env: Mapping[str, str] | None = None, drop: Iterable[str] = (), timeout: float = 60,
+            **run_options: Any) -> subprocess.CompletedProcess:
+    """``boefje-worker ARGS`` to its end, output captured as text, in :func:`cli_env` (``env``, ``drop``)."""
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, env=cli_env(env, drop=drop),
+                          timeout=timeout, **run_options)
+
+
+# -- plugin folders -------------------------------------------------------------------------------
+
+
+def write_plugin(folder: Path, code: str, **meta: Any) -> Path:
+    """A boefje in OpenKAT's layout: ``folder/boefje.json`` holding ``meta``, ``folder/main.py``
+    holding ``code`` (dedented)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "boefje.json").write_text(json.dumps(meta))
+    (folder / "main.py").write_text(textwrap.dedent(code))
+    return folder
