@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import threading
@@ -14,12 +15,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from boefje_runtime.pool import WorkerPool
 
 from .helpers import new_pool
 
 TREES = Path(__file__).parent / "plugin_trees"
+
+# In CI, hypothesis draws the same examples every run: a red CI must be reproducible, and a new
+# counterexample found by chance belongs in a developer's run (which stays random), not in CI.
+settings.register_profile("ci", derandomize=True, deadline=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 # -- worker pools ---------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ named tests after each property pin the bugs these found (all fixed now).
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import sys
@@ -118,10 +119,12 @@ def mutated_tasks(draw, task_id: str = FIXED_ID, keep_id: bool = False) -> dict:
         action = draw(st.sampled_from(["delete", "replace", "replace", "add"]))
         if action == "delete":
             parent.pop(path[-1], None)
+        # Copies: a later mutation may walk into the value, and sampled_from hands out shared
+        # objects; mutating one would change the strategy itself between runs.
         elif action == "replace":
-            parent[path[-1]] = draw(weird_values)
+            parent[path[-1]] = copy.deepcopy(draw(weird_values))
         else:
-            parent[draw(st.text(max_size=8) | nasty_text)] = draw(json_values)
+            parent[draw(st.text(max_size=8) | nasty_text)] = copy.deepcopy(draw(json_values))
     return task
 
 
