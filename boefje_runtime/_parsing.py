@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -72,7 +73,19 @@ def timestamp(value: Any, path: str, *, optional: bool = True) -> datetime | Non
     try:
         return datetime.fromisoformat(text)
     except ValueError:
+        pass
+    try:  # Python 3.10 takes only 3 or 6 fraction digits and "+HH:MM"; 3.11+ takes the rest too
+        return datetime.fromisoformat(_ISO_FRACTION.sub(_six_digits, _ISO_OFFSET.sub(r"\1:\2", text)))
+    except ValueError:
         raise ParseError(path, f"expected an ISO 8601 datetime, got {describe(value)}") from None
+
+
+_ISO_FRACTION = re.compile(r"(?<=:\d\d)\.(\d+)")
+_ISO_OFFSET = re.compile(r"([+-]\d\d)(\d\d)$")
+
+
+def _six_digits(match: re.Match[str]) -> str:
+    return "." + (match.group(1) + "000000")[:6]
 
 
 def format_timestamp(value: datetime | None) -> str | None:
