@@ -3,7 +3,10 @@
 One iteration of the loop is :meth:`WorkerPool.step`: read what workers reported, reap the dead,
 enforce time limits, close what is left open, pop for free workers and hand tasks out. The
 forever loop (:meth:`WorkerPool.run`) is a thin wrapper that waits for the next event between
-steps. All HTTP, logging and joins happen here, never in a signal handler.
+steps. All HTTP, logging and joins happen in the loop, never in a signal handler.
+
+How many tasks to pop and when is ``polling.py``; the drain and its order is ``shutdown.py``.
+This module decides when the pool ends (the task limit, burst mode, shutdown requests).
 """
 
 from __future__ import annotations
@@ -20,20 +23,20 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from ..client import BoefjeAPIClient
-from ..errors import APIError, ParseError
 from ..exit_codes import ExitCode
 from ..filters import TaskFilter
 from ..models import Task, TaskStatus
 from ..plugins import BoefjeRegistry
 from ..retry import RetryPolicy
 from . import worker as w
-from .backoff import ErrorBackoff, IdleBackoff, StartupGuard
-from .dedup import group_duplicates
+from .backoff import StartupGuard
 from .events import PoolEvents, PoolStats
 from .finalizer import Finalizer
 from .limits import overdue
+from .polling import Poller
 from .process import Assignment, OomCounter, WorkerHandle, describe_exit, spawn
 from .settings import PoolSettings
+from .shutdown import FINALIZE_GRACE, Shutdown
 from .signals import ShutdownSignals
 
 if TYPE_CHECKING:
@@ -44,9 +47,6 @@ logger = logging.getLogger("boefje_runtime.pool")
 #: The supervisor retries briefly and then relies on its own back-off, so its loop never blocks
 #: for long on an unreachable API (workers keep the client's full retry policy).
 SUPERVISOR_RETRY = RetryPolicy(attempts=2, total_seconds=2.0, initial_wait=0.05, max_wait=0.5)
-
-#: After the drain, how long the supervisor keeps trying to close tasks on an unreachable API.
-FINALIZE_GRACE = 10.0
 
 NEW, RUNNING, DRAINING, STOPPED = "new", "running", "draining", "stopped"
 
@@ -81,19 +81,14 @@ class WorkerPool:
         self._clock = clock
         self._api = client.clone(retry=SUPERVISOR_RETRY)
         self._finalizer = Finalizer(self._api, self.settings.queue)
+        #: Popped groups no worker has started yet (the first task of a group runs).
         self._local: deque[list[Task]] = deque()
-        s = self.settings
-        self._idle = IdleBackoff(s.first_poll_wait, s.poll_interval, s.hot_window)
-        self._errors = ErrorBackoff(first=0.5, ceiling=s.max_error_backoff)
+        self._poller = Poller(self._api, self.settings)
         self._startup = StartupGuard()
         self._oom = OomCounter()
         self._signals = ShutdownSignals()
-        self._signals_seen = 0
-        self._stop_requests = 0
+        self._shutdown = Shutdown(self._signals, self._finalizer, self.settings)
         self._phase = NEW
-        self._next_pop = 0.0
-        self._popped = 0
-        self._drain_deadline = 0.0
         self._thread: threading.Thread | None = None
         #: Worker pipes and exit sentinels (and the signal wake-up fd), registered once: a selector
         #: built per wait cost more than the rest of a step.
@@ -169,7 +164,7 @@ class WorkerPool:
         Asking twice is not an escalation (unlike a second signal): ``stop()`` after
         ``request_shutdown()`` still drains.
         """
-        self._stop_requests = max(self._stop_requests, 2 if immediate else 1)
+        self._shutdown.request(immediate)
 
     def step(self, now: float | None = None) -> float:
         """One iteration of the supervisor; returns how long the caller may wait before the next."""
@@ -203,15 +198,12 @@ class WorkerPool:
         self._fill(now)
 
     def _handle_shutdown_requests(self, now: float) -> None:
-        requests = self._signals.count + self._stop_requests
-        if requests <= self._signals_seen:
-            return
-        self._signals_seen = requests
-        if self._phase == RUNNING:
+        """The first signal (or request) drains; a second, or an immediate request, skips the grace."""
+        requests = self._shutdown.new_requests()
+        if requests and self._phase == RUNNING:
             self._begin_shutdown(now, "a shutdown signal", immediate=requests >= 2)
-        elif self._phase == DRAINING and requests >= 2 and self._drain_deadline > now:
-            logger.warning("Second shutdown signal: stopping running tasks now")
-            self._drain_deadline = now
+        elif requests >= 2 and self._phase == DRAINING:
+            self._shutdown.hurry(now)
 
     def _collect(self, now: float) -> None:
         """Read every message the workers sent since the last step (one per readable pipe per round)."""
@@ -358,75 +350,31 @@ class WorkerPool:
         self._selector.register(process.sentinel, selectors.EVENT_READ, worker)
         self.workers.append(worker)
 
-    def _wanted(self) -> int:
-        """How many tasks to pop now: one per idle worker (and per worker that is only delivering
-        its output, with pop-ahead), plus the prefetch, minus what we already hold."""
-        free = 0
-        for worker in self.workers:
-            if worker.idle or (self.settings.pop_ahead and worker.finishing and worker.retiring is None):
-                free += 1
-        return free + self.settings.prefetch - len(self._local)
-
-    def _worth_popping(self, want: int) -> bool:
-        """With a prefetch, pop in batches of ``prefetch + 1`` (2 + 1/(prefetch+1) requests per task)
-        instead of one pop per finished task; but never while a worker sits idle with nothing held."""
-        idle = sum(1 for worker in self.workers if worker.idle)
-        return idle > len(self._local) or want > self.settings.prefetch
-
     def _poll(self, now: float) -> None:
-        """Pop only for free workers (plus any prefetch), so tasks never wait on a busy container."""
-        if now < self._next_pop:
+        """Pop for free workers (the poller decides how many); end the pool at the task limit, or in
+        burst mode once the queue is empty and nothing is left to do."""
+        poller = self._poller
+        if now < poller.next_pop:
             return
         busy = any(worker.assignment for worker in self.workers)
-        want = self._wanted()
+        want = poller.wanted(self.workers, self._local)
         if self.settings.max_tasks is not None:
-            left = self.settings.max_tasks - self._popped
+            left = self.settings.max_tasks - poller.popped
             if left <= 0:
                 if not busy and not self._local:
                     self._begin_shutdown(now, f"the task limit ({self.settings.max_tasks}) was reached")
                 return
             want = min(want, left)
-        if want <= 0 or not self._worth_popping(want):
+        if want <= 0 or not poller.worth_popping(want, self.workers, self._local):
             return
-        try:
-            raw_tasks = self._api.pop_raw(self.settings.queue, self.task_filter, want)
-        except (APIError, ParseError) as exc:
-            wait = self._errors.failed()
-            self._next_pop = now + wait
-            logger.warning("Could not pop tasks: %s; next try in %.1f s", exc, wait)
-            for listener in self.listeners:
-                listener.api_error("pop")
-                listener.api_reachable(False, now)
-            return
-        self._errors.succeeded()
-        for listener in self.listeners:
-            listener.api_reachable(True, now)
+        raw_tasks = poller.pop(now, want, self.task_filter, self.listeners)
+        if raw_tasks is None:
+            return  # an API error: the poller backs off
         if not raw_tasks:
             if self.settings.burst and not busy and not self._local and not self._finalizer.blocking:
                 self._begin_shutdown(now, "burst mode: the queue is empty")
-            self._next_pop = now + self._idle.next_wait(now)
             return
-        self._idle.got_work(now)
-        self._next_pop = now
-        self._popped += len(raw_tasks)
-        self._local.extend(group_duplicates(self._accept(raw_tasks), self.settings.deduplicate))
-
-    def _accept(self, raw_tasks: list) -> list[Task]:
-        """Parse popped tasks; a malformed one is reported and, when it has a usable id, marked failed."""
-        tasks = []
-        for index, item in enumerate(raw_tasks):
-            try:
-                tasks.append(Task.from_dict(item, f"pop[{index}]"))
-            except ParseError as exc:
-                task_id = item.get("id") if isinstance(item, dict) else None
-                logger.error("Malformed task in the pop answer: %s", exc)
-                if isinstance(task_id, str) and task_id:
-                    try:
-                        self._api.patch_status(task_id, TaskStatus.FAILED)
-                        logger.error("Marked malformed task %s failed", task_id)
-                    except APIError as patch_error:
-                        logger.error("Could not mark malformed task %s failed: %s", task_id, patch_error)
-        return tasks
+        self._local.extend(poller.accept(raw_tasks))
 
     def _dispatch(self, now: float) -> None:
         idle = [worker for worker in self.workers if worker.idle]
@@ -440,50 +388,34 @@ class WorkerPool:
             for listener in self.listeners:
                 listener.task_started(assignment.task.data.boefje.id)
 
-    # -- shutdown --------------------------------------------------------------------------------
+    # -- shutdown (the order is written down in shutdown.py) -------------------------------------
 
     def _begin_shutdown(self, now: float, why: str, immediate: bool = False) -> None:
-        """Stop popping; push back what no worker started; let running tasks finish within the grace."""
+        """Stop popping (leave the running phase), then the drain's first steps (see shutdown.py)."""
         self._phase = DRAINING
-        grace = 0.0 if immediate else self.settings.shutdown_timeout
-        self._drain_deadline = now + grace
-        running = sum(1 for worker in self.workers if worker.assignment)
-        logger.info("Shutting down after %s: waiting up to %g s for %d running tasks", why, grace, running)
-        for listener in self.listeners:
-            listener.draining()
-        for group in self._local:
-            for task in group:
-                self._finalizer.push_back(task, now)
-        self._local.clear()
-        self._finalizer.run(now)
+        self._shutdown.begin(
+            now, why, immediate=immediate, workers=self.workers, held=self._local, listeners=self.listeners
+        )
 
     def _drain(self, now: float) -> None:
-        for worker in self.workers:
-            if worker.assignment is None and not worker.stop_sent and worker.retiring is None:
-                worker.stop_sent = worker.send(("stop",))
-            if worker.assignment is not None and now >= self._drain_deadline:
-                grace = self.settings.shutdown_timeout
-                worker.kill(f"the worker shut down before this task finished (killed after a {grace:g} s grace period)")
-        if self.workers:
+        """The rest of the drain (see shutdown.py), a step at a time; stopped once it is done."""
+        exit_code = self._shutdown.drain(now, self.workers)
+        if exit_code is None:
             return
-        if self._finalizer.blocking and now < self._drain_deadline + FINALIZE_GRACE:
-            return
-        if self._finalizer.blocking or self._finalizer.abandoned:
-            left = [job.task.id for job in self._finalizer.blocking] + self._finalizer.abandoned
-            logger.error("Stopped with %d tasks that could not be closed: %s", len(left), ", ".join(left))
-            self.exit_code = ExitCode.INTERNAL_ERROR
+        if exit_code != ExitCode.OK:  # an exit code set before is not reset
+            self.exit_code = exit_code
         self._phase = STOPPED
-        logger.info("Worker pool stopped")
 
     def _next_wait(self, now: float) -> float:
         if self._phase == STOPPED:
             return 0.0
         deadlines = [now + self.settings.heartbeat]
-        want = self._wanted() if self._phase == RUNNING else 0
-        if want > 0 and self._worth_popping(want):  # else waking up for a pop would spin
-            deadlines.append(self._next_pop)
+        if self._phase == RUNNING:
+            next_pop = self._poller.next_due(self.workers, self._local)
+            if next_pop is not None:
+                deadlines.append(next_pop)
         if self._phase == DRAINING:
-            deadlines.append(self._drain_deadline)
+            deadlines.append(self._shutdown.deadline)
             deadlines.append(now + 0.05)
         next_job = self._finalizer.next_due()
         if next_job is not None:
@@ -500,7 +432,7 @@ class WorkerPool:
 
     def _wait(self, timeout: float) -> None:
         """Sleep until a worker reports or exits, a signal arrives, or ``timeout`` passes."""
-        if self._stop_requests > self._signals_seen - self._signals.count:
+        if self._shutdown.unanswered:
             return
         self._selector.select(timeout)
         self._signals.drain_wakeups()
