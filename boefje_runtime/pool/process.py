@@ -7,6 +7,7 @@ task; nothing is inferred from shared state.
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing
 import os
 import signal
@@ -91,6 +92,15 @@ def spawn(target: Any, args: tuple[Any, ...]) -> multiprocessing.process.BasePro
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
     return process
+
+
+def start_worker(main: Any, spec: Any, now: float) -> WorkerHandle:
+    """Fork a worker running ``main(conn, spec, supervisor_pid)`` and return the supervisor's handle."""
+    parent_end, child_end = multiprocessing.get_context("fork").Pipe()
+    gc.freeze()  # objects alive now are never collected in the child: their pages stay shared
+    process = spawn(main, (child_end, spec, os.getpid()))
+    child_end.close()
+    return WorkerHandle(process, parent_end, now)
 
 
 def describe_exit(exitcode: int | None, *, oom_kills: int = 0) -> str:

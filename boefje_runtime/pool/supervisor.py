@@ -12,7 +12,6 @@ This module decides when the pool ends (the task limit, burst mode, shutdown req
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import os
 import selectors
@@ -34,7 +33,7 @@ from .events import PoolEvents, PoolStats
 from .finalizer import Finalizer
 from .limits import overdue
 from .polling import Poller
-from .process import Assignment, OomCounter, WorkerHandle, describe_exit, spawn
+from .process import Assignment, OomCounter, WorkerHandle, describe_exit, start_worker
 from .settings import PoolSettings
 from .shutdown import FINALIZE_GRACE, Shutdown
 from .signals import ShutdownSignals
@@ -93,6 +92,13 @@ class WorkerPool:
         #: Worker pipes and exit sentinels (and the signal wake-up fd), registered once: a selector
         #: built per wait cost more than the rest of a step.
         self._selector = selectors.DefaultSelector()
+        self._worker_spec = w.WorkerSpec(
+            client_factory=self.client.clone,
+            registry=self.registry,
+            max_output_bytes=self.settings.max_output_bytes,
+            max_tasks_per_child=self.settings.max_tasks_per_child,
+            max_memory_per_child=self.settings.max_memory_per_child,
+        )
 
     @classmethod
     def from_config(cls, config: RuntimeConfig, *, registry: BoefjeRegistry | None = None) -> WorkerPool:
@@ -332,22 +338,9 @@ class WorkerPool:
                 return  # after a start-up death, start one at a time until one comes up
 
     def _spawn(self, now: float) -> None:
-        import multiprocessing
-
-        parent_end, child_end = multiprocessing.get_context("fork").Pipe()
-        spec = w.WorkerSpec(
-            client_factory=self.client.clone,
-            registry=self.registry,
-            max_output_bytes=self.settings.max_output_bytes,
-            max_tasks_per_child=self.settings.max_tasks_per_child,
-            max_memory_per_child=self.settings.max_memory_per_child,
-        )
-        gc.freeze()  # objects alive now are never collected in the child: their pages stay shared
-        process = spawn(w.worker_main, (child_end, spec, os.getpid()))
-        child_end.close()
-        worker = WorkerHandle(process, parent_end, now)
-        self._selector.register(parent_end, selectors.EVENT_READ, worker)
-        self._selector.register(process.sentinel, selectors.EVENT_READ, worker)
+        worker = start_worker(w.worker_main, self._worker_spec, now)
+        self._selector.register(worker.conn, selectors.EVENT_READ, worker)
+        self._selector.register(worker.process.sentinel, selectors.EVENT_READ, worker)
         self.workers.append(worker)
 
     def _poll(self, now: float) -> None:
