@@ -7,7 +7,6 @@ task; nothing is inferred from shared state.
 from __future__ import annotations
 
 import contextlib
-import gc
 import multiprocessing
 import os
 import signal
@@ -97,7 +96,6 @@ def spawn(target: Any, args: tuple[Any, ...]) -> multiprocessing.process.BasePro
 def start_worker(main: Any, spec: Any, now: float) -> WorkerHandle:
     """Fork a worker running ``main(conn, spec, supervisor_pid)`` and return the supervisor's handle."""
     parent_end, child_end = multiprocessing.get_context("fork").Pipe()
-    gc.freeze()  # objects alive now are never collected in the child: their pages stay shared
     process = spawn(main, (child_end, spec, os.getpid()))
     child_end.close()
     return WorkerHandle(process, parent_end, now)
