@@ -105,7 +105,7 @@ class WorkerPool:
     def from_config(cls, config: RuntimeConfig, *, registry: BoefjeRegistry | None = None) -> WorkerPool:
         """Build a pool from the runtime configuration (what the CLI's worker mode does)."""
         client = BoefjeAPIClient.from_config(config)
-        task_filter = TaskFilter(oci_images=[config.oci_image] if config.oci_image else [], plugins=config.plugins)
+        task_filter = TaskFilter(oci_images=config.images, plugins=config.plugins)
         settings = PoolSettings(
             pool_size=config.pool_size,
             queue=config.queue,
@@ -120,7 +120,7 @@ class WorkerPool:
             pop_ahead=config.pop_ahead,
             burst=config.burst,
             max_tasks=config.max_tasks or None,
-            max_output_bytes=int(config.max_output_size * 2**20) if config.max_output_size else None,
+            max_output_bytes=config.max_output_bytes,
         )
         if registry is None:
             registry = BoefjeRegistry.discover(config.plugin_dir)
