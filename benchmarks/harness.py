@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import json
 import multiprocessing
 import os
@@ -122,13 +123,19 @@ class _ServerCommands:
         self.server.reset()
         self.server.pop_mode = pop_mode
 
-    def enqueue(self, count: int, running: bool = False) -> tuple[list[str], float]:
+    def enqueue(self, count: int, running: bool = False, group_size: int = 1) -> tuple[list[str], float]:
         """``count`` tasks for the trivial boefje; returns their ids and the wall-clock time they
-        became visible (for pickup latency: compared with the request log's times, same clock)."""
+        became visible (for pickup latency: compared with the request log's times, same clock).
+        ``group_size`` > 1: consecutive tasks form duplicate groups of that size (one input object
+        and one ``deduplication_key`` per group, one organisation per member), as mula queues them."""
         from boefje_runtime.testing import make_task
 
-        tasks = [make_task(BOEFJE_ID, oci_image=OCI_IMAGE, input_ooi=f"Hostname|internet|h{i}.example")
-                 for i in range(count)]
+        tasks = []
+        for i in range(count):
+            group = i // group_size
+            key = {"deduplication_key": f"bench-group-{group}"} if group_size > 1 else {}
+            tasks.append(make_task(BOEFJE_ID, oci_image=OCI_IMAGE, input_ooi=f"Hostname|internet|h{group}.example",
+                                   organisation=f"org{i % group_size}", **key))
         ids = self.server.enqueue(tasks)
         enqueued_at = time.time()
         if running:  # one-shot runs need a running task: the input endpoint answers 403 otherwise
@@ -142,6 +149,11 @@ class _ServerCommands:
 
     def counts(self) -> dict[str, int]:
         return self.server.request_counts()
+
+    def delay(self, endpoint: str, seconds: float) -> None:
+        """Every request to ``endpoint`` waits ``seconds`` before it is answered (until the next
+        ``reset``): a scheduler that takes that long to hand out a task."""
+        self.server.inject(endpoint, delay=seconds, times=None)
 
     def empty_pops(self) -> int:
         return self.server.empty_pops
@@ -222,12 +234,21 @@ def preload() -> None:
     import boefje_runtime.pool  # noqa: F401
 
 
+def sleeping_boefje(seconds: float, boefje_meta: dict) -> list[tuple[set[str], bytes]]:
+    """The trivial boefje after ``seconds`` of waiting, as a DNS lookup or a port check waits."""
+    if seconds:  # no sleep(0) syscall in the floor's CPU figure
+        time.sleep(seconds)
+    return trivial_boefje(boefje_meta)
+
+
 def pool_main(url: str, pool_size: int, *, info_log: bool = False, profile_dir: str | None = None,
-              burst: bool = True, split_path: str | None = None, prefetch: int = 0) -> int:
+              burst: bool = True, split_path: str | None = None, prefetch: int = 0,
+              boefje_seconds: float = 0.0) -> int:
     """Run a ``WorkerPool`` with the trivial boefje registered as a callable until the queue is
     drained (burst mode); returns its exit code. ``info_log`` logs at INFO (the CLI's default level)
     to /dev/null, to show what logging costs; ``profile_dir`` profiles the supervisor and each worker;
-    ``split_path`` gets the CPU seconds of the supervisor itself and of its (reaped) workers, as JSON."""
+    ``split_path`` gets the CPU seconds of the supervisor itself and of its (reaped) workers, as JSON;
+    ``boefje_seconds`` makes the boefje wait that long per task."""
     from boefje_runtime.client import BoefjeAPIClient
     from boefje_runtime.filters import TaskFilter
     from boefje_runtime.plugins import BoefjeRegistry
@@ -238,7 +259,8 @@ def pool_main(url: str, pool_size: int, *, info_log: bool = False, profile_dir: 
 
         configure_logging("INFO", "text", stream=open(os.devnull, "w"))  # noqa: SIM115 - lives as long as we do
     registry = BoefjeRegistry()
-    registry.register(BOEFJE_ID, trivial_boefje, oci_image=OCI_IMAGE)
+    boefje = functools.partial(sleeping_boefje, boefje_seconds) if boefje_seconds else trivial_boefje
+    registry.register(BOEFJE_ID, boefje, oci_image=OCI_IMAGE)
     pool = WorkerPool(BoefjeAPIClient(url), TaskFilter(oci_images=[OCI_IMAGE]), registry=registry,
                       settings=PoolSettings(pool_size=pool_size, burst=burst, prefetch=prefetch))
     code = pool.run() if profile_dir is None else _profiled(pool, Path(profile_dir))
@@ -277,10 +299,11 @@ def _profiled(pool: Any, folder: Path) -> int:
         profiler.dump_stats(folder / "supervisor.prof")
 
 
-def bare_loop(url: str, trust_env: bool) -> None:
+def bare_loop(url: str, trust_env: bool, boefje_seconds: float = 0.0) -> None:
     """The floor: only the protocol's calls (pop limit=1, PATCH running, POST output) with plain
     ``requests``, until the queue is empty. ``trust_env=False`` skips requests' per-call scan of the
-    environment for proxy and CA settings, which our client does once instead."""
+    environment for proxy and CA settings, which our client does once instead. ``boefje_seconds``:
+    the boefje waits that long per task (the loop pays pop, PATCH, run and POST in turn)."""
     import requests
 
     session = requests.Session()
@@ -299,7 +322,7 @@ def bare_loop(url: str, trust_env: bool) -> None:
         files = [
             {"name": str(index), "content": base64.b64encode(content).decode(),
              "tags": [*sorted(tags), f"boefje/{BOEFJE_ID}"]}
-            for index, (tags, content) in enumerate(trivial_boefje(task["data"]))
+            for index, (tags, content) in enumerate(sleeping_boefje(boefje_seconds, task["data"]))
         ]
         session.post(f"{url}/api/v0/tasks/{task_id}", json={"status": "COMPLETED", "files": files},
                      timeout=30).raise_for_status()

@@ -38,10 +38,36 @@ def test_quick_run_writes_every_figure_of_the_chosen_measurements(tmp_path):
     assert report["errors"] == {}
     keys = {figure["key"] for figure in report["figures"]}
     for key in ("pool-2.tasks_per_s", "cpu_ratio.default_session", "cpu_ratio.no_env", "tput_ratio.no_env",
-                "pool-2.requests_per_task", "memory.idle.pss_mb", "memory.pss_mb_growth_pct", "oneshot.wall_s"):
+                "pool-2.requests_per_task", "pool-2-limit.requests_per_task", "tput_ratio.pool4_pool2",
+                "memory.idle.pss_mb", "memory.pss_mb_growth_pct", "oneshot.wall_s"):
         assert key in keys
     assert all(figure["value"] is not None for figure in report["figures"])
     assert next(f for f in report["figures"] if f["key"] == "throughput.lost")["value"] == 0
+
+
+@pytest.mark.timeout(170)
+def test_quick_latency_and_group_runs_report_ratios_idle_fractions_and_requests(tmp_path):
+    # given a quick plan: pops delayed 0/50/200 ms, a 20 ms boefje; duplicate groups of 1-16
+    out = tmp_path / "bench.json"
+
+    # when
+    result = run_bench("--quick", "--repeat", "1", "--only", "latency,groups", "--json", str(out), timeout=150)
+
+    # then every ratio to the bare loops, idle fraction and requests-per-task figure has a value
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["errors"] == {}
+    figures = {figure["key"]: figure for figure in report["figures"]}
+    for ms in (0, 50, 200):
+        for size in (2, 8):
+            assert figures[f"lat{ms}.pool-{size}.ratio"]["value"] > 0
+            assert 0 <= figures[f"lat{ms}.pool-{size}.idle"]["value"] <= 100
+    assert figures["lat50.pool-8.ratio"]["target"] == ">= 1.3"
+    for size in (1, 2, 4, 16):
+        # at least the protocol's minimum (2 + 1/K): the server counted every request
+        assert figures[f"groups-{size}.requests_per_task"]["value"] >= 2 + 1 / size - 1e-9
+    assert figures["groups-4.requests_per_task"]["target"] == "<= 2.3"
+    assert figures["latency.lost"]["value"] == 0 and figures["groups.lost"]["value"] == 0
 
 
 def test_unknown_measurement_is_a_usage_error():
