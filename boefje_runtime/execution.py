@@ -18,6 +18,7 @@ import traceback
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from types import FrameType
 from typing import Any
 
 from . import _plugin_import, plugins
@@ -35,6 +36,8 @@ MIME_TAG_MIN_LENGTH = 5  # two characters, a slash, two characters: OpenKAT's ow
 _TAG_CONTAINERS = (set, frozenset, list, tuple)
 _SUMMARY_LENGTH = 300
 _RUNTIME_FILES = frozenset({__file__, plugins.__file__, _plugin_import.__file__, importlib.__file__})
+#: Modules that wrap a boefje's ``run`` (``boefje-worker run --pdb``): their frames are ours, not the boefje's.
+_WRAPPING_MODULES = frozenset({"boefje_runtime.local_run"})
 
 
 @dataclass
@@ -219,10 +222,12 @@ def _safe_str(exc: BaseException) -> str:
 def _traceback_text(exc: BaseException) -> str:
     """The traceback from the boefje's frames down: ours and the import system's above it are only noise."""
     tb = exc.__traceback__
-    while tb is not None and _is_runtime_frame(tb.tb_frame.f_code.co_filename):
+    while tb is not None and _is_runtime_frame(tb.tb_frame):
         tb = tb.tb_next
     return "".join(traceback.format_exception(type(exc), exc, tb if tb is not None else exc.__traceback__))
 
 
-def _is_runtime_frame(filename: str) -> bool:
-    return filename in _RUNTIME_FILES or filename.startswith("<frozen importlib")
+def _is_runtime_frame(frame: FrameType) -> bool:
+    filename = frame.f_code.co_filename
+    return (filename in _RUNTIME_FILES or filename.startswith("<frozen importlib")
+            or frame.f_globals.get("__name__") in _WRAPPING_MODULES)

@@ -22,3 +22,5 @@ class ExitCode(enum.IntEnum):
     BOEFJE_NOT_FOUND = 5
     #: One-shot: the output could not be delivered (or would go to another origin).
     OUTPUT_UNDELIVERABLE = 6
+    #: ``run``: the boefje ran and failed (an exception, a bad result, too much output).
+    BOEFJE_FAILED = 7

@@ -100,6 +100,8 @@ def _run(input_url: str | None, **values: Any) -> None:
 
     One-shot: GET the task at INPUT_URL, run its boefje and POST the output; exit 0 once the output
     is delivered. Worker mode: poll BOEFJES_API for tasks of OCI_IMAGE until SIGTERM/SIGINT.
+
+    To run a boefje on an input object without any API: boefje-worker run --help.
     """
     try:
         config = RuntimeConfig(**values)
@@ -146,4 +148,9 @@ cli = build_command()
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (``boefje-worker``) and ``python -m boefje_runtime_cli``."""
-    cli.main(args=argv, prog_name=PROG_NAME)
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["run"]:  # `boefje-worker run ...`: never an INPUT_URL, which must be http(s)
+        from .run import main as run_main
+
+        return run_main(args[1:])
+    cli.main(args=args, prog_name=PROG_NAME)
