@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -65,6 +65,9 @@ class BoefjeAPIClient:
             "cert": None,
             "allow_redirects": False,
         }
+        #: Called per request for headers that change per request (tracing's ``traceparent``);
+        #: None (the default) costs one check per request. Not copied by :meth:`clone`.
+        self.header_hook: Callable[[], Mapping[str, str]] | None = None
 
     def clone(self, *, retry: RetryPolicy | None = None) -> BoefjeAPIClient:
         """A new client with the same settings and its own session (e.g. for a forked worker)."""
@@ -246,6 +249,8 @@ class BoefjeAPIClient:
             prepared.prepare_url(url, None)
         prepared.headers = CaseInsensitiveDict(self.session.headers)
         prepared.prepare_cookies(self.session.cookies)
+        if self.header_hook is not None:
+            prepared.headers.update(self.header_hook())
         if data is not None:
             prepared.headers.update(_JSON_HEADERS)
             prepared.headers["Content-Length"] = str(len(data))

@@ -46,6 +46,9 @@ class RequestRecord:
     endpoint: str
     status: int | None
     time: float
+    #: The W3C ``traceparent`` header it carried, if any (only this header: keeping every header
+    #: would cost each request of a benchmark run a dict copy).
+    traceparent: str | None = None
 
 
 def make_fault(

@@ -365,6 +365,8 @@ class BoefjeAPIServer:
             self._tasks.add_output(task_id, output)
         return {item["name"]: str(uuid.uuid4()) for item in output["files"]}
 
-    def _record(self, method: str, path: str, endpoint: str, status: int | None) -> None:
+    def _record(
+        self, method: str, path: str, endpoint: str, status: int | None, traceparent: str | None = None
+    ) -> None:
         with self._lock:
-            self._log.append(RequestRecord(method, path, endpoint, status, time.time()))
+            self._log.append(RequestRecord(method, path, endpoint, status, time.time(), traceparent))

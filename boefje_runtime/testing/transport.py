@@ -162,7 +162,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # dropped: the client sees the connection close unanswered
         else:
             self._send(status, payload, raw, headers)
-        api._record(method, parts.path, endpoint, status)
+        api._record(method, parts.path, endpoint, status, self.headers.get("traceparent"))
 
     def _answer(self, api: BoefjeAPIServer, method: str, endpoint: str, params: dict[str, str], query: str,
                 route_error: int | None, fault: Fault | None) -> tuple[int | None, Any, bytes | None, dict]:
