@@ -378,6 +378,12 @@ SETTINGS: tuple[Setting, ...] = (
         "queue", "QUEUE", ("--queue",), _text(optional=False), "boefje",
         "Scheduler queue to pop tasks from.", metavar="NAME",
     ),
+    Setting(
+        "span_export_grpc_endpoint", "SPAN_EXPORT_GRPC_ENDPOINT", ("--span-export-grpc-endpoint",), parse_url, None,
+        "Export OpenTelemetry traces over OTLP/gRPC to this URL, e.g. http://jaeger:4317 (needs "
+        "boefje-runtime[tracing]). Default: off.",
+        metavar="URL",
+    ),
 )
 
 SETTINGS_BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
@@ -448,6 +454,8 @@ class RuntimeConfig:
     api_headers: dict[str, str] = _default(SETTINGS_BY_NAME["api_headers"])  # noqa: RUF009 - a field()
     #: The scheduler queue (``QUEUE``).
     queue: str = _default(SETTINGS_BY_NAME["queue"])
+    #: OTLP/gRPC collector for traces; None: tracing off (``SPAN_EXPORT_GRPC_ENDPOINT``).
+    span_export_grpc_endpoint: str | None = _default(SETTINGS_BY_NAME["span_export_grpc_endpoint"])
 
     def __post_init__(self) -> None:
         # One parser per setting normalises typed values too ("false" -> False, "a,b" -> ("a", "b"))

@@ -29,12 +29,13 @@ import requests
 
 from .client import BoefjeAPIClient
 from .config import RuntimeConfig, scrub_secret_env
-from .errors import APIError, APIResponseError, BoefjeNotFound, ParseError, PluginError
+from .errors import APIError, APIResponseError, BoefjeNotFound, ConfigError, ParseError, PluginError
 from .execution import execute, failure_output
 from .exit_codes import ExitCode
 from .logs import log_context, secret_values
 from .models import BoefjeInput, BoefjeOutput, Task
 from .plugins import Boefje, BoefjeRegistry
+from .tracing import GET_INPUT, NO_TRACING, POST_OUTPUT, RUN, NoTracing, Tracing, environment_context, tracing_for
 
 logger = logging.getLogger("boefje_runtime.oneshot")
 
@@ -95,34 +96,56 @@ class _Failure(Exception):
         self.line = line
 
 
-def run_oneshot(input_url: str, config: RuntimeConfig, *, registry: BoefjeRegistry | None = None) -> ExitCode:
+def run_oneshot(
+    input_url: str,
+    config: RuntimeConfig,
+    *,
+    registry: BoefjeRegistry | None = None,
+    tracing: Tracing | NoTracing | None = None,
+) -> ExitCode:
     """Run the task at ``input_url`` and deliver its output; never raises (bar KeyboardInterrupt).
 
     ``registry`` defaults to the boefjes found under ``config.plugin_dir``. From the moment the
     task is known, every log line carries its id and masks its environment's values (the
-    organisation's credentials), the final error line included.
+    organisation's credentials), the final error line included. ``tracing`` defaults to what
+    ``config.span_export_grpc_endpoint`` asks for; the run's span continues the trace handed over
+    in ``TRACEPARENT``, if any (see tracing.py).
     """
     scrub_secret_env()
-    with secret_values(config.api_headers.values()), _OneShot(input_url, config, registry) as run:
+    try:
+        tracing = tracing if tracing is not None else tracing_for(config.span_export_grpc_endpoint)
+    except ConfigError as exc:
+        logger.error(str(exc))
+        return ExitCode.USAGE
+    with secret_values(config.api_headers.values()), _OneShot(input_url, config, registry, tracing) as run:
         try:
-            return run.run()
+            code = run.run()
         except _Failure as failure:
             logger.error(_one_line(failure.line))
-            return failure.code
+            code = failure.code
         except Exception as exc:  # a bug of ours: still one line, and the task closed if we can
             logger.debug("Internal error", exc_info=True)
             line = f"Internal error running {input_url}: {type(exc).__name__}: {exc}"
             logger.error(_one_line(line + run.close_after_internal_error(line)))
-            return ExitCode.INTERNAL_ERROR
+            code = ExitCode.INTERNAL_ERROR
+        run.end_trace(code)
+        return code
 
 
 class _OneShot:
     """One one-shot run; a class only so the steps share the clients, the task and its log context."""
 
-    def __init__(self, input_url: str, config: RuntimeConfig, registry: BoefjeRegistry | None) -> None:
+    def __init__(
+        self, input_url: str, config: RuntimeConfig, registry: BoefjeRegistry | None,
+        tracing: Tracing | NoTracing = NO_TRACING,
+    ) -> None:
         self.input_url = input_url
         self.config = config
         self.registry = registry
+        self.tracing = tracing
+        self.trace = tracing.start_task(parent=environment_context())
+        self.output: BoefjeOutput | None = None
+        self.error: str | None = None
         self.task: Task | None = None
         self.output_url: str | None = None
         self.delivered = False
@@ -137,13 +160,16 @@ class _OneShot:
         for client in self._clients.values():
             client.close()
         self._clients.clear()
+        self.tracing.close()
 
     # -- steps ----------------------------------------------------------------------------------
 
     def run(self) -> ExitCode:
-        boefje_input = self.fetch_input()
+        with self.trace.phase(GET_INPUT):
+            boefje_input = self.fetch_input()
         task = self.task = boefje_input.task
         meta = task.data
+        self.trace.describe(task.id, meta.boefje.id, meta.boefje.version, meta.organization)
         self._scope.enter_context(secret_values((meta.environment or {}).values()))
         self._scope.enter_context(
             log_context(task_id=task.id, boefje_id=meta.boefje.id, organisation=meta.organization)
@@ -152,16 +178,19 @@ class _OneShot:
         self.output_url = self.check_output_url(boefje_input.output_url)
         boefje = self.find_boefje(task)
         raw = task.raw.get("data") if task.raw is not None else None
-        result = execute(
-            boefje, raw if isinstance(raw, dict) else meta.to_dict(), max_output_bytes=self.config.max_output_bytes
-        )
+        with self.trace.phase(RUN):
+            result = execute(
+                boefje, raw if isinstance(raw, dict) else meta.to_dict(), max_output_bytes=self.config.max_output_bytes
+            )
+        self.output, self.error = result.output, result.error
         logger.info(
             "Boefje %s finished: %s, %d file(s) in %.3f s%s",
             meta.boefje.id, result.output.status.value, len(result.output.files), result.duration,
             f" ({result.error})" if result.error else "",
         )
         try:
-            self.deliver(result.output)
+            with self.trace.phase(POST_OUTPUT):
+                self.deliver(result.output)
         except APIError as exc:
             raise _Failure(
                 ExitCode.OUTPUT_UNDELIVERABLE,
@@ -224,6 +253,13 @@ class _OneShot:
         self.client(self.output_url).deliver_output(self.output_url, output)
         self.delivered = True
 
+    def end_trace(self, code: ExitCode) -> None:
+        """End the run's span: the boefje's status once delivered, else what went wrong."""
+        if code == ExitCode.OK and self.output is not None:
+            self.trace.finish(self.output.status.value.lower(), self.output, self.error)
+        else:
+            self.trace.finish(code.name.lower(), self.output, self.error)
+
     # -- closing a task that cannot run ---------------------------------------------------------
 
     def _try_close(self, output: BoefjeOutput) -> str:
@@ -256,6 +292,7 @@ class _OneShot:
                 timeout=self.config.outgoing_request_timeout,
                 headers=self.config.api_headers if key in trusted else None,
             )
+            client.header_hook = self.tracing.header_hook
         return client
 
 

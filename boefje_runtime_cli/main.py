@@ -112,6 +112,13 @@ def _run(input_url: str | None, **values: Any) -> None:
         if missing:
             names = " and ".join(f"{setting.env} (or {setting.flag})" for setting in missing)
             raise click.UsageError(f"worker mode (no INPUT_URL) needs {names}")
+    if config.span_export_grpc_endpoint:  # fail now, in either mode, when the extra is missing
+        from boefje_runtime.tracing import tracing_for
+
+        try:
+            tracing_for(config.span_export_grpc_endpoint)
+        except ConfigError as exc:
+            raise click.UsageError(str(exc)) from None
     configure_logging(config.log_level, config.logging_format)
     register_secrets(config.api_headers.values())
     if input_url is not None:
