@@ -26,7 +26,7 @@ from ..execution import execute, failure_output
 from ..logs import bind, log_context, secret_values
 from ..models import OutputStatus, Task, TaskStatus
 from ..plugins import BoefjeRegistry
-from .leftovers import become_subreaper, kill_leftovers
+from ..process_tree import become_subreaper, kill_children, own_process_group
 from .limits import retire_reason
 
 logger = logging.getLogger("boefje_runtime.worker")
@@ -105,6 +105,7 @@ def close_inherited_sockets(keep: int) -> None:
 
 def worker_main(conn: Connection, spec: WorkerSpec, parent_pid: int) -> None:
     """Entry point of a forked worker process."""
+    own_process_group()  # the supervisor can then end everything this worker's boefjes start
     install_signals()
     die_with_parent(parent_pid)
     close_inherited_sockets(conn.fileno())
@@ -129,7 +130,7 @@ def worker_main(conn: Connection, spec: WorkerSpec, parent_pid: int) -> None:
             _, raw_task, raw_duplicates = message
             started = time.monotonic()
             report = run_assignment(client, spec, raw_task, raw_duplicates, conn)
-            leftovers = kill_leftovers()
+            leftovers = kill_children()
             if leftovers:
                 logger.warning("Killed %d processes that task %s left behind", leftovers, raw_task["id"])
             tasks_done += 1
