@@ -1,0 +1,374 @@
+"""A fork server: a process forked from the supervisor before it starts any thread, that forks the
+workers on request.
+
+Why: the supervisor runs threads (the pops in flight, the health endpoint, an exporter). Forking a
+process that has threads copies only the forking thread; a lock another thread held at that moment
+(logging's, an HTTP pool's, ours) stays locked in the child forever, and Python 3.12+ warns
+(DeprecationWarning) for that reason. The fork server is forked while the supervisor is still a
+single thread and stays one, so every worker it forks starts clean.
+
+What stays as it was with a direct fork:
+- workers share the imported pages: the fork server is a fork of the supervisor (after a
+  ``gc.freeze``), and the workers are forks of it, so the pages nobody writes stay shared by all;
+- a worker dies with its supervisor: the fork server has ``PR_SET_PDEATHSIG`` on the supervisor
+  (and leaves when its control socket closes), the worker on the fork server (``die_with_parent``);
+- the supervisor sees each worker's exit code and has a sentinel to wait on: the fork server reaps
+  its children and writes each exit code to that worker's own status pipe, whose read end is the
+  sentinel (the exit code follows ``multiprocessing``'s convention: ``-N`` for signal N).
+
+The exchange is a Unix socket pair: the supervisor sends ``b"S"`` with two file descriptors (the
+worker's end of its duplex pipe and the write end of its status pipe, ``SCM_RIGHTS``); the fork
+server answers the pid (8 bytes, signed; ``-errno`` when the fork failed). Orphans of a worker are
+re-parented to the supervisor, which is the child subreaper; the fork server is not one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import gc
+import logging
+import os
+import select
+import selectors
+import signal
+import socket
+import struct
+import sys
+import threading
+import traceback
+import weakref
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+logger = logging.getLogger("boefje_runtime.pool")
+
+_PID = struct.Struct("q")
+_STATUS = struct.Struct("i")
+_PR_SET_PDEATHSIG = 1
+#: Signals the fork server never acts on: a Ctrl-C or a SIGTERM is the supervisor's to handle (it
+#: stops the workers, then closes us); held back around forks so no child runs a parent's handler.
+_BLOCKED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+#: Longest the supervisor waits for the fork server to answer a spawn (a fork takes milliseconds).
+SPAWN_TIMEOUT = 30.0
+
+#: ``main(conn, spec, parent_pid)``: the worker's entry point, as ``worker.worker_main``.
+WorkerMain = Callable[[Connection, Any, int], Any]
+
+
+class ForkedProcess:
+    """A worker forked by the fork server, as the supervisor sees it: the part of
+    ``multiprocessing.Process`` the pool uses (``pid``, ``sentinel``, ``exitcode``, ``join``,
+    ``is_alive``, ``kill``)."""
+
+    def __init__(self, pid: int, status_fd: int) -> None:
+        self.pid = pid
+        #: Readable once the fork server reaped the worker (or died itself).
+        self.sentinel = status_fd
+        self._exitcode: int | None = None
+        self._closer = weakref.finalize(self, _close_fd, status_fd)
+
+    @property
+    def exitcode(self) -> int | None:
+        if self._exitcode is None and self._closer.alive and _readable(self.sentinel, 0):
+            self._read_status()
+        return self._exitcode
+
+    def _read_status(self) -> None:
+        try:
+            data = os.read(self.sentinel, _STATUS.size)
+        except OSError:
+            data = b""
+        # No status at all: the fork server died, and the kernel killed its workers with it.
+        self._exitcode = _STATUS.unpack(data)[0] if len(data) == _STATUS.size else -signal.SIGKILL
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._exitcode is None and self._closer.alive and _readable(self.sentinel, timeout):
+            self._read_status()
+
+    def is_alive(self) -> bool:
+        return self.exitcode is None
+
+    def kill(self) -> None:
+        if self.exitcode is None:  # once reaped, the pid may belong to someone else
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+    def terminate(self) -> None:
+        if self.exitcode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGTERM)
+
+    def close(self) -> None:
+        self._closer()
+
+    def __repr__(self) -> str:
+        return f"<ForkedProcess pid={self.pid} exitcode={self._exitcode}>"
+
+
+class ForkServer:
+    """Forks ``main(conn, spec, parent_pid)`` workers from a clean, single-threaded process.
+
+    :meth:`start` forks the server; call it before the supervisor starts any thread. If the server
+    dies (it should not: it only forks and reaps), the next :meth:`spawn` starts a new one and says
+    so in the log, since that one may be forked from a process with threads.
+    """
+
+    def __init__(self, main: WorkerMain, spec: Any) -> None:
+        self.main = main
+        self.spec = spec
+        self.pid = 0
+        self._control: socket.socket | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def running(self) -> bool:
+        return self._control is not None
+
+    def start(self) -> ForkServer:
+        if self._control is not None:
+            return self
+        # Nothing collectable is copied into the server, and what is alive now is frozen: no
+        # worker's collector writes to those pages, so they stay shared (PSS stays flat).
+        gc.collect()
+        gc.freeze()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        threads = threading.active_count()
+        supervisor_pid = os.getpid()
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED)
+        try:
+            pid = os.fork()
+            if pid == 0:  # the fork server; it never returns
+                code = 1
+                try:
+                    ours.close()
+                    code = _serve(theirs, self.main, self.spec, supervisor_pid)
+                except BaseException:
+                    traceback.print_exc()
+                finally:
+                    os._exit(code)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        theirs.close()
+        ours.settimeout(SPAWN_TIMEOUT)
+        self._control, self.pid = ours, pid
+        if threads > 1:
+            logger.warning("The worker fork server was started while this process runs %d threads; workers "
+                           "may inherit a lock held at that moment", threads)
+        return self
+
+    def spawn(self) -> tuple[ForkedProcess, Connection]:
+        """Fork a worker; returns its handle and the supervisor's end of its duplex pipe."""
+        with self._lock:
+            try:
+                return self._spawn()
+            except (OSError, EOFError) as exc:
+                if isinstance(exc, OSError) and exc.errno in (errno.EAGAIN, errno.ENOMEM):
+                    raise  # the fork failed for want of resources: a new server would not help
+                logger.warning("The worker fork server is gone (%s); starting a new one", exc)
+                self._discard()
+                self.start()
+                return self._spawn()
+
+    def _spawn(self) -> tuple[ForkedProcess, Connection]:
+        if self._control is None:
+            self.start()
+        control = self._control
+        assert control is not None
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        status_r, status_w = os.pipe()
+        try:
+            socket.send_fds(control, [b"S"], [child_end.fileno(), status_w])
+            answer = _recv_exactly(control, _PID.size)
+        except BaseException:
+            os.close(status_r)
+            parent_end.close()
+            raise
+        finally:
+            child_end.close()
+            os.close(status_w)
+        pid = _PID.unpack(answer)[0]
+        if pid < 0:
+            os.close(status_r)
+            parent_end.close()
+            raise OSError(-pid, f"the fork server could not fork a worker: {os.strerror(-pid)}")
+        return ForkedProcess(pid, status_r), Connection(parent_end.detach())
+
+    def close(self) -> None:
+        """Close the control socket: the server leaves (and takes any worker left with it)."""
+        with self._lock:
+            self._discard()
+
+    def _discard(self) -> None:
+        control, self._control = self._control, None
+        if control is not None:
+            control.close()
+        if self.pid:
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(self.pid, 0)  # it leaves as soon as it sees the socket close
+            self.pid = 0
+
+
+# -- inside the fork server ------------------------------------------------------------------------
+
+
+def _serve(control: socket.socket, main: WorkerMain, spec: Any, supervisor_pid: int) -> int:
+    """The fork server's loop: fork a worker per request, report each exit code; 0 once the
+    supervisor closes the control socket."""
+    signal.set_wakeup_fd(-1)  # the supervisor's wake-up pipe is not ours
+    for signum in _BLOCKED:
+        signal.signal(signum, signal.SIG_IGN)
+    if not _die_with_parent(supervisor_pid):
+        return 0
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # only to wake the selector
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _BLOCKED)
+    selector = selectors.DefaultSelector()
+    selector.register(control, selectors.EVENT_READ, "control")
+    selector.register(wake_r, selectors.EVENT_READ, "wake")
+    #: pid -> the write end of that worker's status pipe
+    statuses: dict[int, int] = {}
+    own_fds = {control.fileno(), wake_r, wake_w}
+    while True:
+        for key, _ in selector.select():
+            if key.data == "wake":
+                with contextlib.suppress(BlockingIOError, InterruptedError):
+                    os.read(wake_r, 512)
+                _reap(statuses)
+                continue
+            try:
+                message, fds, _, _ = socket.recv_fds(control, 1, 2)
+            except InterruptedError:
+                continue
+            except OSError:
+                message, fds = b"", []
+            if not message:
+                return 0  # the supervisor closed the socket (or died): the kernel kills our workers
+            if len(fds) != 2:
+                for fd in fds:
+                    os.close(fd)
+                control.sendall(_PID.pack(-errno.EINVAL))
+                continue
+            conn_fd, status_w = fds
+            pid = _fork_worker(main, spec, conn_fd, own_fds | set(statuses.values()) | {status_w}, selector,
+                               control)
+            os.close(conn_fd)
+            if pid < 0:
+                os.close(status_w)
+            else:
+                statuses[pid] = status_w
+            control.sendall(_PID.pack(pid))
+            _reap(statuses)  # a SIGCHLD that came while we forked
+
+
+def _fork_worker(main: WorkerMain, spec: Any, conn_fd: int, close_in_child: set[int],
+                 selector: selectors.BaseSelector, control: socket.socket) -> int:
+    """Fork one worker; its pid, or ``-errno``. The worker starts with the termination signals
+    blocked (it unblocks them once its own handlers are in place, see ``worker.install_signals``)."""
+    parent_pid = os.getpid()
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED)
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        return -(exc.errno or errno.EAGAIN)
+    if pid:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        return pid
+    code = 1
+    try:
+        selector.close()
+        control.detach()  # closed below with the rest; the object must not close a reused number later
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # a boefje's subprocesses need the default
+        for fd in close_in_child:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if _die_with_parent(parent_pid):  # whatever ``main`` does: no worker outlives this server
+            code = _run_worker(main, spec, conn_fd, parent_pid)
+    finally:
+        os._exit(code)
+
+
+def _run_worker(main: WorkerMain, spec: Any, conn_fd: int, parent_pid: int) -> int:
+    """Run the worker's entry point; the exit code as ``multiprocessing`` would give it."""
+    code = 0
+    try:
+        main(Connection(conn_fd), spec, parent_pid)
+    except SystemExit as exc:
+        if exc.code is None:
+            code = 0
+        elif isinstance(exc.code, int):
+            code = exc.code
+        else:
+            sys.stderr.write(f"{exc.code}\n")
+            code = 1
+    except BaseException:
+        code = 1
+        sys.stderr.write(f"Worker process {os.getpid()}:\n")
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+    return code
+
+
+def _reap(statuses: dict[int, int]) -> None:
+    """Collect every exited worker and write its exit code to its status pipe."""
+    while statuses:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue
+        if pid == 0:
+            return
+        status_w = statuses.pop(pid, None)
+        if status_w is None:
+            continue
+        with contextlib.suppress(OSError):
+            os.write(status_w, _STATUS.pack(os.waitstatus_to_exitcode(status)))
+        os.close(status_w)
+
+
+def _die_with_parent(parent_pid: int) -> bool:
+    """SIGKILL when the parent dies: the fork server with its supervisor (a SIGKILLed supervisor
+    leaves nothing running), a worker with its fork server. False when the parent is already gone."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    return os.getppid() == parent_pid
+
+
+# -- small helpers ---------------------------------------------------------------------------------
+
+
+def _readable(fd: int, timeout: float | None) -> bool:
+    """One ``poll``: cheap enough for the supervisor to ask every worker on every step."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    try:
+        return bool(poller.poll(None if timeout is None else max(0, int(timeout * 1000))))
+    except InterruptedError:
+        return False
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise EOFError("the fork server closed its control socket")
+        data += chunk
+    return data
+
+
+def _close_fd(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)

@@ -1,0 +1,217 @@
+"""Pops in flight: the supervisor's pops run in threads, so its loop never waits for one.
+
+Why: a pop through OpenKAT's Boefje API hydrates the task from the KATalogus and the scheduler's
+database, tens of milliseconds, while many boefjes finish in tens of milliseconds too. A loop that
+pops in turn leaves its workers idle for every pop; with the pop started before a worker is free
+(see :func:`pops_wanted`), the worker finds its next task waiting. Several pops may be in flight at
+once (one per worker at most), so a slow scheduler does not serialise a large pool.
+
+What stays with the loop: which tasks it holds, who gets which (the supervisor knows who holds
+which task), and how many pops to start. A thread only pops and hands the raw answer back through
+a queue, then wakes the loop through a pipe (``wakeup_fd``, registered in its selector). Threads
+never log and never touch the pool's state. With ``max_threads=0`` a pop runs inline, in the
+loop's own thread (step-driven tests with an injected clock stay deterministic).
+
+Workers are not forked from this process while these threads run: see ``forkserver.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from ..client import BoefjeAPIClient
+from ..filters import TaskFilter
+
+#: Weight of the newest sample in the running averages (pop round trip, task durations).
+SMOOTHING = 0.2
+
+
+@dataclass(frozen=True)
+class PopAnswer:
+    """What one pop brought back: the raw tasks, or the error that ended it."""
+
+    limit: int
+    raw_tasks: list[Any] | None
+    error: Exception | None
+    seconds: float
+
+
+class RunningAverage:
+    """An exponentially weighted average; None until the first sample."""
+
+    def __init__(self, smoothing: float = SMOOTHING) -> None:
+        self.smoothing = smoothing
+        self.value: float | None = None
+
+    def add(self, sample: float) -> None:
+        self.value = sample if self.value is None else self.value + self.smoothing * (sample - self.value)
+
+
+class TaskDurations:
+    """How long a worker is busy with a task of each boefje (from dispatch to its report), so the
+    supervisor can tell which busy workers will be free within one pop round trip."""
+
+    def __init__(self) -> None:
+        self._by_boefje: dict[str, RunningAverage] = {}
+
+    def add(self, boefje_id: str, seconds: float) -> None:
+        self._by_boefje.setdefault(boefje_id, RunningAverage()).add(seconds)
+
+    def expected(self, boefje_id: str) -> float | None:
+        average = self._by_boefje.get(boefje_id)
+        return None if average is None else average.value
+
+
+def expected_free_at(started: float, expected: float | None, now: float, round_trip: float) -> float | None:
+    """When a busy worker should be free: ``started + expected``; None when that is unknown (the
+    boefje never ran here) or no longer believable (it runs far past its usual time): such a worker
+    gets no task ahead of time, so a long task never keeps a popped task waiting."""
+    if expected is None:
+        return None
+    free_at = started + expected
+    if now > free_at + expected + round_trip:
+        return None
+    return free_at
+
+
+def pops_wanted(*, idle: int, free_at: Iterable[float | None], now: float, round_trip: float, held: int,
+                in_flight: int, prefetch: int = 0) -> int:
+    """How many pops to start now: one per idle worker and per busy worker that will be free within
+    one pop round trip (``free_at`` of each busy worker, None when unknown), plus the prefetch,
+    minus the tasks already held and the pops already in flight. So no more than one task waits per
+    worker that will be free by the time it arrives (no hoarding)."""
+    soon = sum(1 for when in free_at if when is not None and when <= now + round_trip)
+    return idle + soon + prefetch - held - in_flight
+
+
+def next_soon(free_at: Iterable[float | None], now: float, round_trip: float) -> float | None:
+    """The earliest moment a busy worker not yet counted by :func:`pops_wanted` will be: when the
+    loop must wake up to pop for it."""
+    later = [when - round_trip for when in free_at if when is not None and when > now + round_trip]
+    return min(later) if later else None
+
+
+class PopThreads:
+    """Runs pops in up to ``max_threads`` threads; the loop collects the answers with :meth:`answers`.
+
+    ``api_factory`` makes one client per thread (a ``requests`` session is not shared between
+    threads). ``in_flight`` and ``limits_in_flight`` count pops started and not yet collected.
+    """
+
+    def __init__(self, api_factory: Callable[[], BoefjeAPIClient], queue_name: str, task_filter: TaskFilter,
+                 *, max_threads: int) -> None:
+        self.api_factory = api_factory
+        self.queue_name = queue_name
+        self.task_filter = task_filter
+        self.max_threads = max_threads
+        self.round_trip = RunningAverage()
+        self.in_flight = 0
+        self.limits_in_flight = 0
+        self._jobs: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self._answers: deque[PopAnswer] = deque()
+        self._threads: list[threading.Thread] = []
+        self._waiting = 0  # threads blocked on the job queue
+        self._queued = 0  # jobs put and not yet taken by a thread
+        self._lock = threading.Lock()
+        self._inline_api: BoefjeAPIClient | None = None
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._closed = False
+
+    @property
+    def wakeup_fd(self) -> int:
+        """Readable when an answer is waiting: register it in the loop's selector."""
+        return self._wake_r
+
+    def request(self, limit: int) -> None:
+        """Start one pop of up to ``limit`` tasks."""
+        self.in_flight += 1
+        self.limits_in_flight += limit
+        if self.max_threads <= 0:
+            if self._inline_api is None:
+                self._inline_api = self.api_factory()
+            self._answer(self._pop(self._inline_api, limit))
+            return
+        with self._lock:
+            # a new thread unless one is waiting with nothing to do: pops must not queue behind pops
+            start = self._waiting <= self._queued and len(self._threads) < self.max_threads
+            if start:
+                thread = threading.Thread(target=self._serve, name=f"boefje-pop-{len(self._threads) + 1}",
+                                          daemon=True)
+                self._threads.append(thread)
+            self._queued += 1
+        self._jobs.put(limit)
+        if start:
+            thread.start()
+
+    def answers(self) -> list[PopAnswer]:
+        """The answers that came back since the last call, oldest first (never blocks)."""
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            while os.read(self._wake_r, 4096):
+                pass
+        collected = []
+        while self._answers:
+            answer = self._answers.popleft()
+            self.in_flight -= 1
+            self.limits_in_flight -= answer.limit
+            if answer.error is None:
+                self.round_trip.add(answer.seconds)
+            collected.append(answer)
+        return collected
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the threads (a pop in flight finishes first, up to ``timeout``; its answer is left
+        uncollected: the caller collects and returns its tasks before closing)."""
+        if self._closed:
+            return
+        self._closed = True
+        for _ in self._threads:
+            self._jobs.put(None)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if self._inline_api is not None:
+            self._inline_api.close()
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    # -- in the pop threads ------------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        api = self.api_factory()
+        try:
+            while True:
+                with self._lock:
+                    self._waiting += 1
+                limit = self._jobs.get()
+                with self._lock:
+                    self._waiting -= 1
+                    self._queued -= limit is not None
+                if limit is None:
+                    return
+                self._answer(self._pop(api, limit))
+        finally:
+            api.close()
+
+    def _pop(self, api: BoefjeAPIClient, limit: int) -> PopAnswer:
+        started = time.monotonic()
+        try:
+            raw_tasks = api.pop_raw(self.queue_name, self.task_filter, limit)
+        except Exception as exc:  # any failure must come back as an answer: the loop counts on it
+            return PopAnswer(limit, None, exc, time.monotonic() - started)
+        return PopAnswer(limit, raw_tasks, None, time.monotonic() - started)
+
+    def _answer(self, answer: PopAnswer) -> None:
+        self._answers.append(answer)
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"!")

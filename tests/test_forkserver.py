@@ -1,0 +1,156 @@
+"""The worker fork server (``boefje_runtime.pool.forkserver``): real forks, real signals.
+
+The property that matters: a worker forked while the supervisor runs other threads starts clean,
+because it is forked by a process that never had any. The lock test shows it: a lock held by a
+supervisor thread at spawn time is free in the worker (a direct fork would copy it held forever).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from boefje_runtime.pool.forkserver import ForkServer
+
+pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc (Linux)")
+
+#: Held by a thread of the test process while a worker is spawned (see the lock test).
+HELD_LOCK = threading.Lock()
+
+
+def echo_main(conn, spec, parent_pid):
+    """A worker that answers each message until told to exit with a code, or to raise."""
+    conn.send(("ready", os.getpid(), os.getppid(), parent_pid, spec))
+    while True:
+        message = conn.recv()
+        if message[0] == "exit":
+            raise SystemExit(message[1])
+        if message[0] == "raise":
+            raise RuntimeError("boom")
+        if message[0] == "lock":
+            conn.send(("lock", HELD_LOCK.acquire(timeout=message[1])))
+        if message[0] == "sleep":
+            time.sleep(message[1])
+
+
+def threads_of(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("Threads:"))
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_until(predicate, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def server():
+    server = ForkServer(echo_main, {"spec": 1}).start()
+    yield server
+    server.close()
+
+
+def test_a_worker_is_the_fork_servers_child_and_gets_the_spec(server):
+    # when
+    process, conn = server.spawn()
+
+    # then
+    assert conn.poll(5)
+    kind, pid, ppid, parent_pid, spec = conn.recv()
+    assert (kind, pid, spec) == ("ready", process.pid, {"spec": 1})
+    assert ppid == parent_pid == server.pid != os.getpid()
+    assert process.exitcode is None and process.is_alive()
+    conn.send(("exit", 0))
+    process.join(5)
+    assert process.exitcode == 0
+
+
+@pytest.mark.parametrize(("message", "code"), [(("exit", 3), 3), (("exit", None), 0), (("raise",), 1)])
+def test_exit_codes_reach_the_supervisor_through_the_sentinel(server, message, code):
+    process, conn = server.spawn()
+    conn.recv()
+
+    conn.send(message)
+
+    process.join(5)
+    assert process.exitcode == code
+    assert not alive(process.pid)  # reaped by the fork server: no zombie left
+
+
+def test_a_killed_worker_reports_the_signal_like_multiprocessing(server):
+    process, conn = server.spawn()
+    conn.recv()
+
+    os.kill(process.pid, signal.SIGKILL)
+
+    process.join(5)
+    assert process.exitcode == -signal.SIGKILL
+
+
+def test_a_worker_spawned_while_another_thread_holds_a_lock_finds_it_free(server):
+    # given a thread of ours holding a lock at the moment of the spawn
+    taken, release = threading.Event(), threading.Event()
+
+    def hold():
+        with HELD_LOCK:
+            taken.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert taken.wait(5)
+    try:
+        # when
+        process, conn = server.spawn()
+        conn.recv()
+        conn.send(("lock", 1.0))
+
+        # then the worker can take it: it was forked by a process that never had that thread
+        assert conn.poll(5)
+        assert conn.recv() == ("lock", True)
+        assert threads_of(server.pid) == 1
+    finally:
+        release.set()
+        holder.join(5)
+    conn.send(("exit", 0))
+    process.join(5)
+
+
+def test_closing_the_server_takes_its_workers_with_it(server):
+    process, conn = server.spawn()
+    conn.recv()
+
+    server.close()
+
+    process.join(5)
+    assert process.exitcode == -signal.SIGKILL
+    wait_until(lambda: not alive(process.pid))
+
+
+def test_a_dead_server_is_replaced_at_the_next_spawn(server, caplog):
+    first = server.pid
+    os.kill(first, signal.SIGKILL)
+    wait_until(lambda: not alive(first))
+
+    process, conn = server.spawn()
+
+    assert server.pid != first
+    assert conn.recv()[0] == "ready"
+    assert "fork server is gone" in caplog.text
+    conn.send(("exit", 0))
+    process.join(5)
+    assert process.exitcode == 0

@@ -1,0 +1,122 @@
+"""Pops in flight (``boefje_runtime.pool.popthreads``): the demand rule as pure functions, and the
+threads against the real test Boefje API."""
+
+from __future__ import annotations
+
+import select
+
+import pytest
+
+from boefje_runtime import BoefjeAPIClient, RetryPolicy, TaskFilter
+from boefje_runtime.pool.popthreads import (
+    PopThreads,
+    TaskDurations,
+    expected_free_at,
+    next_soon,
+    pops_wanted,
+)
+from boefje_runtime.testing import make_task
+
+from .helpers import wait_until
+
+IMAGE = "ghcr.io/minvws/openkat/test:latest"
+NO_RETRY = RetryPolicy(attempts=1, total_seconds=1.0, initial_wait=0.01, max_wait=0.01)
+
+# -- the demand rule -------------------------------------------------------------------------------
+
+
+def test_idle_workers_each_want_a_pop_less_what_is_held_and_in_flight():
+    assert pops_wanted(idle=3, free_at=[], now=0, round_trip=0.05, held=1, in_flight=1) == 1
+
+
+def test_a_busy_worker_wants_a_pop_only_when_free_within_one_round_trip():
+    # given workers free at 0.03 (within 50 ms), at 0.2 (not yet), and one of unknown duration
+    free_at = [0.03, 0.2, None]
+
+    wanted = pops_wanted(idle=0, free_at=free_at, now=0.0, round_trip=0.05, held=0, in_flight=0)
+
+    assert wanted == 1
+    # and the loop wakes when the second one gets within a round trip of its end
+    assert next_soon(free_at, 0.0, 0.05) == pytest.approx(0.15)
+
+
+def test_no_hoarding_a_task_held_or_in_flight_covers_the_worker_it_was_popped_for():
+    # one worker about to be free; a pop for it is already in flight, then its answer is held
+    assert pops_wanted(idle=0, free_at=[0.01], now=0, round_trip=0.05, held=0, in_flight=1) == 0
+    assert pops_wanted(idle=0, free_at=[0.01], now=0, round_trip=0.05, held=1, in_flight=0) == 0
+
+
+def test_a_boefje_never_seen_or_running_far_past_its_usual_time_gets_nothing_ahead():
+    assert expected_free_at(10.0, None, 10.0, 0.05) is None
+    assert expected_free_at(10.0, 0.02, 10.01, 0.05) == pytest.approx(10.02)
+    assert expected_free_at(10.0, 0.02, 10.2, 0.05) is None  # 200 ms into a 20 ms boefje
+
+
+def test_task_durations_are_a_running_average_per_boefje():
+    durations = TaskDurations()
+    durations.add("dns", 0.02)
+    durations.add("dns", 0.04)
+    durations.add("nmap", 60.0)
+
+    assert 0.02 < durations.expected("dns") < 0.04
+    assert durations.expected("nmap") == 60.0
+    assert durations.expected("other") is None
+
+
+# -- the threads -----------------------------------------------------------------------------------
+
+
+def new_threads(url: str, max_threads: int) -> PopThreads:
+    client = BoefjeAPIClient(url, timeout=10, retry=NO_RETRY)
+    return PopThreads(client.clone, "boefje", TaskFilter(oci_images=[IMAGE]), max_threads=max_threads)
+
+
+@pytest.mark.boefje_api(pop_mode="single")
+def test_pops_are_in_flight_together_and_wake_the_loop_when_answered(boefje_api):
+    # given a slow scheduler and three queued tasks
+    ids = boefje_api.enqueue([make_task("dns", oci_image=IMAGE) for _ in range(3)])
+    boefje_api.inject("pop", delay=1.0, times=None)
+    pops = new_threads(boefje_api.url, max_threads=3)
+    try:
+        # when three pops are started
+        for _ in range(3):
+            pops.request(1)
+
+        # then all three reach the server before the first is answered
+        wait_until(lambda: boefje_api.request_counts().get("pop", 0) == 3, 5, "three pops at the server")
+        assert pops.in_flight == 3 and pops.answers() == []
+        # and the loop's fd wakes it once answers are there
+        assert select.select([pops.wakeup_fd], [], [], 5)[0]
+        answers = []
+        wait_until(lambda: answers.extend(pops.answers()) or len(answers) == 3, 5, "three answers")
+        assert sorted(task["id"] for answer in answers for task in answer.raw_tasks) == sorted(ids)
+        assert pops.in_flight == 0 and pops.limits_in_flight == 0
+        assert pops.round_trip.value >= 1.0
+    finally:
+        pops.close()
+
+
+def test_an_unreachable_api_comes_back_as_an_answer_with_the_error(boefje_api):
+    boefje_api.inject("pop", status=503, times=None)
+    pops = new_threads(boefje_api.url, max_threads=1)
+    try:
+        pops.request(2)
+        answers = []
+        wait_until(lambda: answers.extend(pops.answers()) or answers, 5, "an answer")
+        assert answers[0].raw_tasks is None and "503" in str(answers[0].error)
+        assert pops.in_flight == 0
+    finally:
+        pops.close()
+
+
+def test_without_threads_a_pop_runs_inline(boefje_api):
+    # given no threads (step-driven tests): the answer is there as soon as request returns
+    boefje_api.enqueue([make_task("dns", oci_image=IMAGE)])
+    pops = new_threads(boefje_api.url, max_threads=0)
+    try:
+        pops.request(1)
+
+        (answer,) = pops.answers()
+        assert len(answer.raw_tasks) == 1
+    finally:
+        pops.close()
