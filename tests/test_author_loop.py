@@ -7,15 +7,19 @@ Everything runs as real subprocesses talking HTTP on 127.0.0.1.
 from __future__ import annotations
 
 import json
+import queue
 import re
 import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from boefje_runtime.exit_codes import ExitCode
 
-from .helpers import run_cli, write_plugin
+from .helpers import cli_env, run_cli, write_plugin
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -154,3 +158,115 @@ def test_run_help_documents_the_exit_codes():
     assert result.stdout.startswith("Usage: boefje-worker run [OPTIONS] BOEFJE_ID [INPUT_OOI]")
     assert "7 when it failed" in " ".join(result.stdout.split())
 
+
+
+# -- the standalone test API as a tool --------------------------------------------------------------
+
+
+def read_lines_until(process: subprocess.Popen, pattern: str, timeout: float = 20.0) -> list[str]:
+    """Lines of ``process``'s stdout up to the first matching ``pattern``; TimeoutError after ``timeout`` s.
+
+    A thread reads, so the deadline holds even when the process prints nothing more.
+    """
+    found: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        for line in process.stdout:
+            found.put(line.rstrip("\n"))
+            if re.search(pattern, line):
+                return
+        found.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    lines: list[str] = []
+    while True:
+        try:
+            line = found.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise TimeoutError(f"no line matching {pattern!r} within {timeout} s; got {lines}") from None
+        if line is None:
+            raise AssertionError(f"the server closed its output; got {lines}")
+        lines.append(line)
+        if re.search(pattern, line):
+            return lines
+
+
+@pytest.fixture
+def test_api():
+    """``python -m boefje_runtime.testing ARGS`` started; stopped with SIGTERM (it must exit 0)."""
+    processes: list[subprocess.Popen] = []
+
+    def start(*args: str) -> subprocess.Popen:
+        process = subprocess.Popen([sys.executable, "-m", "boefje_runtime.testing", "--port", "0", *args],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
+                                   env=cli_env())
+        processes.append(process)
+        return process
+
+    yield start
+    for process in processes:
+        process.terminate()
+        assert process.wait(timeout=10) == 0
+        process.stdout.close()
+        process.stderr.close()
+
+
+def show(base_url: str, task_id: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "boefje_runtime.testing", "show", task_id, "--url", base_url, *args],
+                          capture_output=True, text=True, timeout=30, env=cli_env())
+
+
+def test_enqueue_running_then_one_shot_then_show_reads_the_output_back(plugins, test_api):
+    # given: the test API with two running tasks for our own boefje
+    server = test_api("--enqueue", "greeter", "-n", "2", "--running", "--input-ooi", "Hostname|internet|example.org",
+                      "--env", "GREETING=hi", "--oci-image", "example/greeter:1")
+    lines = read_lines_until(server, r"^See a task:")
+    base_url = lines[0]
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+", base_url)
+    input_urls = [line.split()[-1] for line in lines if line.strip().startswith("INPUT_URL ")]
+    task_ids = [line.split()[1] for line in lines if line.startswith("running ")]
+    assert len(input_urls) == len(task_ids) == 2
+    assert input_urls[0] == f"{base_url}/api/v0/tasks/{task_ids[0]}"
+
+    # when: the first one runs one-shot, as the printed line says
+    oneshot = run_cli(input_urls[0], "--plugin-dir", str(plugins))
+
+    # then: show reads back its history and its files; the other task is untouched
+    assert oneshot.returncode == ExitCode.OK, oneshot.stderr
+    shown = show(base_url, task_ids[0])
+    assert shown.returncode == 0, shown.stderr
+    text = shown.stdout.splitlines()
+    assert "status: completed; history: queued -> running -> completed" in text
+    assert "hi example.org" in text  # the task's environment reached the boefje
+    assert "== file 0: 14 bytes, tags: text/plain, boefje/greeter" in text
+    other = json.loads(show(base_url, task_ids[1], "--json").stdout)
+    assert other["status"] == "running" and other["history"] == ["queued", "running"] and other["outputs"] == []
+
+
+def test_enqueued_tasks_are_queued_for_a_worker_of_their_image(plugins, test_api):
+    server = test_api("--enqueue", "greeter", "--enqueue", "raiser", "--oci-image", "example/image:1",
+                      "--input-ooi", "Hostname|internet|example.net")
+    lines = read_lines_until(server, r"^See a task:")
+    base_url = lines[0]
+    ids = {line.split()[2]: line.split()[1] for line in lines if line.startswith("queued ")}
+    assert not any("INPUT_URL" in line for line in lines)
+
+    result = run_cli("--burst", "--plugin-dir", str(plugins), "--pool-size", "1",
+                     env={"BOEFJES_API": base_url, "OCI_IMAGE": "example/image:1", "POLL_INTERVAL": "0.1"})
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(show(base_url, ids["greeter"], "--json").stdout)["status"] == "completed"
+    failed = show(base_url, ids["raiser"]).stdout
+    assert "status: failed" in failed and "ValueError: cannot scan 'Hostname|internet|example.net'" in failed
+
+
+def test_show_of_an_unknown_task_is_one_line(test_api):
+    server = test_api()
+    [base_url] = read_lines_until(server, r"^http://")
+
+    result = show(base_url, "no-such-task")
+
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"python -m boefje_runtime.testing show: {base_url}/test-api/tasks/no-such-task: " \
+                                    "no such task"

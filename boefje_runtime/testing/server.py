@@ -25,7 +25,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .faults import ENDPOINTS, MALFORMED_BODY, Fault, RequestRecord, make_fault, take_fault
-from .parsing import STATUSES, _limit, _output_record, _patch_status, _pop_filters, _pushed_task, _required
+from .parsing import STATUSES, _limit, _output_record, _patch_status, _pop_filters, _pushed_task, _Reply, _required
+from .report import task_report
 from .store import QUEUES, TaskStore
 from .transport import _bind, _HTTPServer
 
@@ -184,6 +185,13 @@ class BoefjeAPIServer:
         outputs = self.outputs(task_id)
         return outputs[-1]["files"] if outputs else []
 
+    def report(self, task_id: str) -> dict[str, Any]:
+        """The task as a person wants to see it (status, history, output files; see :mod:`.report`),
+        as JSON; also served read-only at ``GET /test-api/tasks/{id}``. KeyError when unknown."""
+        with self._lock:
+            entry = self._tasks.entries[task_id]
+            return task_report(copy.deepcopy(entry.task), list(entry.history), copy.deepcopy(entry.outputs))
+
     def statuses(self) -> dict[str, str]:
         """Every task id with its current status."""
         with self._lock:
@@ -309,7 +317,8 @@ class BoefjeAPIServer:
         """Count the request and hand out the first fault that applies (none for an unrouted path)."""
         with self._lock:
             self._counts[endpoint] += 1
-            return take_fault(self._faults, endpoint) if routed else None
+            # The inspection endpoint is not the protocol's: a "*" fault must not break `show`.
+            return take_fault(self._faults, endpoint) if routed and endpoint in ENDPOINTS else None
 
     def _dispatch(self, endpoint: str, params: dict[str, str], query: dict[str, list[str]], body: Any,
                   base_url: str) -> Any:
@@ -329,6 +338,8 @@ class BoefjeAPIServer:
             return self._get(params["id"])
         if endpoint == "input":
             return self._input(params["id"], base_url)
+        if endpoint == "report":
+            return self._report(params["id"])
         return self._output(params["id"], _required(body))
 
     # One method per endpoint, so a subclass or a test can watch or break one (the benchmarks count
@@ -364,6 +375,12 @@ class BoefjeAPIServer:
         with self._lock:
             self._tasks.add_output(task_id, output)
         return {item["name"]: str(uuid.uuid4()) for item in output["files"]}
+
+    def _report(self, task_id: str) -> dict[str, Any]:
+        try:
+            return self.report(task_id)
+        except KeyError:
+            raise _Reply(404, f"Task {task_id} not found") from None
 
     def _record(
         self, method: str, path: str, endpoint: str, status: int | None, traceparent: str | None = None

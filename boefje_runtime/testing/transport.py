@@ -38,6 +38,8 @@ _ROUTES = (
     ("GET", re.compile(r"/api/v0/tasks/(?P<id>[^/]+)"), "input"),
     ("POST", re.compile(r"/api/v0/tasks/(?P<id>[^/]+)"), "output"),
     ("GET", re.compile(r"/healthz"), "health"),
+    # Not part of the protocol: the read-only view of a task for people (``show``), see report.py.
+    ("GET", re.compile(r"/test-api/tasks/(?P<id>[^/]+)"), "report"),
 )
 
 
