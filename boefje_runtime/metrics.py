@@ -12,6 +12,8 @@ health endpoint can answer ``/metrics`` with 501 instead of failing to start.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from .errors import BoefjeRuntimeError
@@ -39,7 +41,7 @@ class PoolMetrics(PoolEvents):
     Raises :class:`MetricsUnavailable` when prometheus_client is missing.
     """
 
-    def __init__(self, *, namespace: str = "boefje_runtime") -> None:
+    def __init__(self, *, namespace: str = "boefje_runtime", clock: Callable[[], float] = time.monotonic) -> None:
         try:
             import prometheus_client as prom
         except ImportError as exc:
@@ -64,6 +66,18 @@ class PoolMetrics(PoolEvents):
         )
         self.workers_busy = prom.Gauge("workers_busy", "Worker processes running a task.", **common)
         self.workers_idle = prom.Gauge("workers_idle", "Worker processes waiting for a task.", **common)
+        self.tasks_held = prom.Gauge(
+            "tasks_held", "Tasks popped and not yet handed to a worker (pushed back on shutdown).", **common
+        )
+        # Computed when scraped, so it keeps growing while nothing happens (an idle pool sends no events).
+        self._clock = clock
+        self._last_task = clock()
+        self.seconds_since_last_task = prom.Gauge(
+            "seconds_since_last_task",
+            "Seconds since a task last finished (since the pool started if none did); for scaling in idle replicas.",
+            **common,
+        )
+        self.seconds_since_last_task.set_function(lambda: self._clock() - self._last_task)
         self.api_errors = prom.Counter(
             "api_errors", "Failed Boefje API requests of the supervisor, by endpoint.", ["endpoint"], **common
         )
@@ -86,11 +100,15 @@ class PoolMetrics(PoolEvents):
 
     def task_finished(self, boefje_id: str, outcome: str, duration: float) -> None:
         self.tasks_finished.labels(boefje_id=boefje_id, outcome=outcome).inc()
+        self._last_task = self._clock()
         self.task_duration.labels(boefje_id=boefje_id).observe(max(0.0, duration))
 
     def workers_changed(self, busy: int, idle: int) -> None:
         self.workers_busy.set(busy)
         self.workers_idle.set(idle)
+
+    def held_changed(self, held: int) -> None:
+        self.tasks_held.set(held)
 
     def api_error(self, endpoint: str) -> None:
         self.api_errors.labels(endpoint=endpoint).inc()
