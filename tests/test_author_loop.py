@@ -7,6 +7,7 @@ Everything runs as real subprocesses talking HTTP on 127.0.0.1.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import re
 import subprocess
@@ -18,8 +19,10 @@ from pathlib import Path
 import pytest
 
 from boefje_runtime.exit_codes import ExitCode
+from boefje_runtime.testing import make_task
 
-from .helpers import cli_env, run_cli, write_plugin
+from . import pool_boefjes
+from .helpers import ROOT, cli_env, run_cli, task, write_plugin
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -270,3 +273,127 @@ def test_show_of_an_unknown_task_is_one_line(test_api):
     assert result.returncode == 1
     assert result.stderr.strip() == f"python -m boefje_runtime.testing show: {base_url}/test-api/tasks/no-such-task: " \
                                     "no such task"
+
+
+# -- the README's example, copied into a new project ------------------------------------------------
+
+README = (ROOT / "README.md").read_text()
+#: "`path`:" on its own line, a blank line, then a fenced block: a file of the README's example project.
+_CAPTIONED_BLOCK = re.compile(r"^`(?P<path>[\w./-]+)`:\n\n```\w*\n(?P<body>.*?)^```$", re.MULTILINE | re.DOTALL)
+RAISING_MAIN = '''
+def run(boefje_meta):
+    raise ValueError("my-boefje cannot greet " + boefje_meta["input_ooi"])
+'''
+
+
+def readme_project(root: Path) -> Path:
+    """The files the README's "Writing and testing a boefje" section shows, written under ``root``."""
+    section = README.split("## Writing and testing a boefje", 1)[1].split("\n## ", 1)[0]
+    files = {match["path"]: match["body"] for match in _CAPTIONED_BLOCK.finditer(section)}
+    assert set(files) == {"boefjes/my_boefje/boefje.json", "boefjes/my_boefje/main.py", "tests/test_my_boefje.py"}
+    for path, body in files.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(body)
+    return root
+
+
+def run_pytest(project: Path) -> subprocess.CompletedProcess:
+    # A new project: pytest finds the boefje_api fixture through boefje-runtime's pytest11 entry point.
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], cwd=project,
+                          capture_output=True, text=True, timeout=120, env=cli_env())
+
+
+def test_the_readme_example_passes_as_written(tmp_path):
+    project = readme_project(tmp_path)
+
+    result = run_pytest(project)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout
+
+
+def test_the_readme_example_with_a_raising_boefje_fails_saying_why(tmp_path):
+    project = readme_project(tmp_path)
+    (project / "boefjes" / "my_boefje" / "main.py").write_text(RAISING_MAIN)
+
+    result = run_pytest(project)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    out = result.stdout
+    assert "ValueError: my-boefje cannot greet Hostname|internet|example.com" in out
+    assert "tags: error/boefje, boefje/my-boefje" in out  # the error file, with the traceback:
+    assert 'raise ValueError("my-boefje cannot greet " + boefje_meta["input_ooi"])' in out
+    assert "history: queued -> dispatched -> running -> failed" in out
+    # a line the forked worker logged reached the parent's report
+    assert re.search(r"\[warning\] Boefje failed in [\d.]+ s: ValueError: my-boefje cannot greet", out), out
+
+
+def test_the_readme_run_command_prints_what_the_readme_shows(tmp_path):
+    project = readme_project(tmp_path)
+    section = README.split("**Run it on an input**", 1)[1]
+    command = section.split("```sh\n", 1)[1].split("\n```", 1)[0]
+    shown = section.split("\n```\n\n```\n", 1)[1].split("\n```", 1)[0]  # the block right after the command
+    assert command.startswith("boefje-worker run ")
+
+    result = subprocess.run(command.replace("boefje-worker", f"{sys.executable} -m boefje_runtime_cli", 1),
+                            shell=True, cwd=project, capture_output=True, text=True, timeout=60, env=cli_env())
+
+    assert result.returncode == 0, result.stderr
+    timing = re.compile(r"in \d+\.\d+ s")
+    assert timing.sub("in T s", result.stdout.strip()) == timing.sub("in T s", shown.strip())
+
+
+# -- the fixture explains failures ------------------------------------------------------------------
+
+
+def leaky(meta: dict) -> list:
+    raise RuntimeError(f"login refused for key {os.environ['API_KEY']}")
+
+
+def test_assert_completed_quotes_the_history_the_traceback_and_the_workers_log_lines(boefje_api, make_pool):
+    # given: a boefje that raises, run by a pool whose workers are forked processes
+    failing = boefje_api.enqueue(task("boom"))
+    fine = boefje_api.enqueue(task("hello", input_ooi="Hostname|internet|fine.example"))
+    assert make_pool(burst=True).run() == 0
+
+    # when
+    with pytest.raises(AssertionError) as failure:
+        boefje_api.assert_completed(failing)
+    report = boefje_api.assert_completed(fine)
+
+    # then
+    message = str(failure.value)
+    assert message.startswith(f"task {failing} is failed, expected completed: its error/boefje file below says why")
+    assert "history: queued -> dispatched -> running -> failed" in message
+    assert "tags: error/boefje, boefje/boom" in message
+    assert 'raise RuntimeError("boom went the boefje")' in message  # the traceback of the error file
+    assert re.search(rf"\[warning\] Boefje failed .*task_id={failing}", message)  # from the forked worker
+    assert fine not in message  # another task's lines stay out
+    assert report["outputs"][0]["files"][0]["text"] == "hi Hostname|internet|fine.example"
+    boefje_api.assert_failed(failing)
+    with pytest.raises(AssertionError, match="is completed, expected failed"):
+        boefje_api.assert_failed(fine)
+
+
+def test_a_task_no_worker_took_says_where_to_look(boefje_api):
+    task_id = boefje_api.enqueue(make_task("my-boefje", oci_image="other-image:1"))
+
+    with pytest.raises(AssertionError) as failure:
+        boefje_api.assert_completed(task_id, timeout=0.05)
+
+    message = str(failure.value)
+    assert "is queued, expected completed: no worker took it" in message
+    assert "(image other-image:1)" in message and "no output was posted" in message
+
+
+def test_secrets_of_the_task_stay_out_of_the_explanation(boefje_api, make_pool):
+    secret = "k3y-" + os.urandom(8).hex()
+    task_id = boefje_api.enqueue(task("leaky", environment={"API_KEY": secret}))
+    registry = pool_boefjes.register(pool_boefjes.registry(), {"leaky": leaky})
+    assert make_pool(burst=True, registry=registry).run() == 0
+
+    text = boefje_api.explain(task_id)
+
+    assert "login refused for key ***" in text
+    assert "worker log lines for this task (1)" in text
+    assert secret not in text

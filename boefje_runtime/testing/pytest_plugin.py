@@ -27,13 +27,18 @@ def pytest_configure(config: pytest.Config) -> None:
 def boefje_api(request: pytest.FixtureRequest) -> Iterator[BoefjeAPIServer]:
     """A started test Boefje API on 127.0.0.1 (ephemeral port), stopped after the test.
 
+    ``boefje_api.assert_completed(task_id)`` fails with the task's history, its files (the
+    boefje's traceback) and the log lines workers forked during the test wrote about it.
     Configure it with ``@pytest.mark.boefje_api(pop_mode="dedup", results_envelope=True)``.
     """
+    from .explain import TaskLogCapture
     from .server import BoefjeAPIServer
 
     marker = request.node.get_closest_marker("boefje_api")
-    server = BoefjeAPIServer(**(marker.kwargs if marker else {})).start()
+    server = BoefjeAPIServer(**(marker.kwargs if marker else {}))
+    server.task_logs = TaskLogCapture().install()  # before the test forks any worker
     try:
-        yield server
+        yield server.start()
     finally:
         server.stop()
+        server.task_logs.close()

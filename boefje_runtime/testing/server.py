@@ -24,6 +24,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from .explain import TaskAssertions
 from .faults import ENDPOINTS, MALFORMED_BODY, Fault, RequestRecord, make_fault, take_fault
 from .parsing import STATUSES, _limit, _output_record, _patch_status, _pop_filters, _pushed_task, _Reply, _required
 from .report import task_report
@@ -38,7 +39,7 @@ POP_MODES = ("limit", "dedup", "single")
 DEFAULT_MAX_BODY = 256 * 1024 * 1024
 
 
-class BoefjeAPIServer:
+class BoefjeAPIServer(TaskAssertions):
     """The test Boefje API. Use as ``with BoefjeAPIServer() as api:`` or ``start()`` / ``stop()``.
 
     ``pop_mode`` decides what a pop with ``limit > 1`` answers: ``"limit"`` up to ``limit`` matching
