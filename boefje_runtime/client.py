@@ -56,6 +56,8 @@ class BoefjeAPIClient:
         self._retrying = {kind: self.retry_policy.retrying(kind) for kind in CallKind}
         self._headers = dict(headers or {})
         self._verify = verify
+        #: The HTTP status of the last answer this client received (for a task's last log line).
+        self.last_status_code: int | None = None
         self.session = _make_session(self.base_url, verify, self._headers)
         self._send_options = {
             "timeout": timeout,
@@ -221,8 +223,15 @@ class BoefjeAPIClient:
         except requests.RequestException as exc:
             raise APIConnectionError(f"{method} {url} failed: {_reason(exc)}", method=method, url=url) from None
         with response:
-            logger.info('HTTP Request: %s %s "HTTP/1.1 %d %s"', method, url, response.status_code, response.reason)
-            content = self._read(response, method, url)
+            self.last_status_code = response.status_code
+            line = ('HTTP Request: %s %s "HTTP/1.1 %d %s"', method, url, response.status_code, response.reason)
+            try:
+                content = self._read(response, method, url)
+            except APIError:
+                logger.info(*line)
+                raise
+            # An empty pop is DEBUG: an idle worker would otherwise fill the INFO log with them.
+            logger.log(logging.DEBUG if _empty_pop(url, response.status_code, content) else logging.INFO, *line)
         if response.status_code >= 300:  # redirects are not followed: the API has none, a spoof might
             raise _status_error(method, url, response, content)
         if not content:
@@ -287,6 +296,16 @@ class BoefjeAPIClient:
             raise APIConnectionError(
                 f"{method} {url} failed while reading the answer: {_reason(exc)}", method=method, url=url
             ) from None
+
+
+_EMPTY_POP_ANSWERS = frozenset({b"", b"[]", b"null", b'{"results":[]}'})
+
+
+def _empty_pop(url: str, status: int, content: bytes) -> bool:
+    """A 200 answer to a pop with no task in it (a list, or the scheduler's ``{"results": [...]}``)."""
+    if status != 200 or "/pop?" not in url or len(content) > 64:
+        return False
+    return b"".join(content.split()) in _EMPTY_POP_ANSWERS
 
 
 def _may_have_landed(exc: APIError) -> bool:

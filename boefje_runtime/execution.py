@@ -129,7 +129,11 @@ def _outcome(boefje: Boefje, meta: dict[str, Any] | None, limit: int | None, boe
     try:
         with task_environment(environment):
             # A generator runs its code while we iterate: collect inside the environment.
-            items = _collect(run(meta), limit)
+            result = run(meta)
+            if result is None:  # OpenKAT completes such a task too, but a forgotten return deserves a word
+                logger.warning("Boefje %s returned None instead of a list of (tags, content) pairs; "
+                               "the task completes with no files", boefje_id)
+            items = _collect(result, limit)
     except _InvalidResult as exc:
         return failed(f"boefje returned an invalid result: {exc}")
     except _TooLarge as exc:

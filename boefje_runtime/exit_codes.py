@@ -24,3 +24,9 @@ class ExitCode(enum.IntEnum):
     OUTPUT_UNDELIVERABLE = 6
     #: ``run``: the boefje ran and failed (an exception, a bad result, too much output).
     BOEFJE_FAILED = 7
+    #: One-shot: the boefje ran longer than TASK_TIMEOUT; its process tree was killed and a FAILED
+    #: output saying so was posted (when the API took it).
+    TASK_TIMED_OUT = 8
+    #: One-shot: SIGTERM or SIGINT arrived while the boefje ran; its process tree was killed and a
+    #: FAILED output naming the signal was posted (when the API took it).
+    INTERRUPTED = 9

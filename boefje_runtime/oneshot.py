@@ -11,6 +11,11 @@ must not turn the worker into a request forwarder that posts scan results, with 
 to any host it names. The check runs before the boefje does, so a forged input costs no scan.
 API headers are only ever sent to the input URL's origin and to ``BOEFJES_API``'s.
 
+The boefje runs in a forked child (:mod:`boefje_runtime.supervised`), so ``TASK_TIMEOUT``,
+SIGTERM and SIGINT end it for sure: its whole process tree is killed, a FAILED output naming the
+cause is posted, and the exit code says which (TASK_TIMED_OUT, INTERRUPTED). A signal that arrives
+after the boefje has finished does not throw its result away: the output is still delivered.
+
 No task left running (protocol.md): when the boefje is not in this image (or its plugin is
 broken) we still post a FAILED output with an ``error/boefje`` file saying so, because the API
 would otherwise keep the task ``running`` forever; the exit code is still BOEFJE_NOT_FOUND, so
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import ExitStack
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -30,11 +36,12 @@ import requests
 from .client import BoefjeAPIClient
 from .config import RuntimeConfig, scrub_secret_env
 from .errors import APIError, APIResponseError, BoefjeNotFound, ConfigError, ParseError, PluginError
-from .execution import execute, failure_output
+from .execution import failure_output
 from .exit_codes import ExitCode
 from .logs import log_context, secret_values
-from .models import BoefjeInput, BoefjeOutput, Task
+from .models import BoefjeInput, BoefjeOutput, OutputStatus, Task
 from .plugins import Boefje, BoefjeRegistry
+from .supervised import ChildRun, Ending, StopSignals, run_in_child
 from .tracing import GET_INPUT, NO_TRACING, POST_OUTPUT, RUN, NoTracing, Tracing, environment_context, tracing_for
 
 logger = logging.getLogger("boefje_runtime.oneshot")
@@ -88,12 +95,14 @@ def _as_sent(url: str) -> str:
 
 
 class _Failure(Exception):
-    """Ends the run with ``code``; ``line`` is the one error line to log."""
+    """Ends the run with ``code``; ``line`` is the one error line to log, ``fields`` its extra fields
+    (``outcome`` and ``duration_s`` when the line ends the task)."""
 
-    def __init__(self, code: ExitCode, line: str) -> None:
+    def __init__(self, code: ExitCode, line: str, **fields: Any) -> None:
         super().__init__(line)
         self.code = code
         self.line = line
+        self.fields = fields
 
 
 def run_oneshot(
@@ -117,11 +126,13 @@ def run_oneshot(
     except ConfigError as exc:
         logger.error(str(exc))
         return ExitCode.USAGE
-    with secret_values(config.api_headers.values()), _OneShot(input_url, config, registry, tracing) as run:
+    signals = StopSignals()
+    with signals.installed(), secret_values(config.api_headers.values()), \
+            _OneShot(input_url, config, registry, tracing, signals) as run:
         try:
             code = run.run()
         except _Failure as failure:
-            logger.error(_one_line(failure.line))
+            logger.error(_one_line(failure.line), extra=failure.fields)
             code = failure.code
         except Exception as exc:  # a bug of ours: still one line, and the task closed if we can
             logger.debug("Internal error", exc_info=True)
@@ -137,9 +148,10 @@ class _OneShot:
 
     def __init__(
         self, input_url: str, config: RuntimeConfig, registry: BoefjeRegistry | None,
-        tracing: Tracing | NoTracing = NO_TRACING,
+        tracing: Tracing | NoTracing = NO_TRACING, signals: StopSignals | None = None,
     ) -> None:
         self.input_url = input_url
+        self.signals = signals or StopSignals()
         self.config = config
         self.registry = registry
         self.tracing = tracing
@@ -179,25 +191,54 @@ class _OneShot:
         boefje = self.find_boefje(task)
         raw = task.raw.get("data") if task.raw is not None else None
         with self.trace.phase(RUN):
-            result = execute(
-                boefje, raw if isinstance(raw, dict) else meta.to_dict(), max_output_bytes=self.config.max_output_bytes
+            child = run_in_child(
+                boefje, raw if isinstance(raw, dict) else meta.to_dict(),
+                max_output_bytes=self.config.max_output_bytes, timeout=self.config.task_timeout, signals=self.signals,
             )
-        self.output, self.error = result.output, result.error
-        logger.info(
-            "Boefje %s finished: %s, %d file(s) in %.3f s%s",
-            meta.boefje.id, result.output.status.value, len(result.output.files), result.duration,
-            f" ({result.error})" if result.error else "",
-        )
+        output = self.output = self.outcome(child)
         try:
             with self.trace.phase(POST_OUTPUT):
-                self.deliver(result.output)
+                self.deliver(output)
         except APIError as exc:
             raise _Failure(
                 ExitCode.OUTPUT_UNDELIVERABLE,
                 f"Cannot deliver the output of task {task.id} to {self.output_url}: {_reason(exc)}",
+                outcome="undelivered", duration_s=round(child.duration, 3), status_code=exc.status_code,
             ) from None
-        logger.info("Delivered the output of task %s to %s", task.id, self.output_url)
+        outcome = "completed" if output.status is OutputStatus.COMPLETED else "failed"
+        logger.info(
+            "Task %s: output delivered (%s)", outcome, self.output_url,
+            extra={"outcome": outcome, "duration_s": round(child.duration, 3),
+                   "status_code": self.client(self.output_url).last_status_code},
+        )
         return ExitCode.OK
+
+    def outcome(self, child: ChildRun) -> BoefjeOutput:
+        """The output to deliver; a timeout or a signal instead ends the run, closing the task as FAILED."""
+        assert self.task is not None
+        ref = self.task.data.boefje
+        if child.ending is Ending.FINISHED and child.result is not None:
+            result = child.result
+            self.error = result.error
+            if result.error:
+                logger.warning("Boefje failed in %.3f s: %s", result.duration, result.error)
+            else:
+                logger.info("Boefje completed in %.3f s with %d files", result.duration, len(result.output.files))
+            if child.killed:
+                logger.warning("Killed %d processes that the boefje left behind", child.killed)
+            return result.output
+        if child.ending is Ending.DIED:
+            reason = self.error = f"the boefje's process {child.detail} after {child.duration:.3f} s"
+            logger.warning("Boefje failed in %.3f s: %s", child.duration, reason)
+            return failure_output(ref.id, ref.version, f"boefje-runtime: {reason}")
+        if child.ending is Ending.TIMED_OUT:
+            why, code = f"it ran longer than TASK_TIMEOUT ({self.config.task_timeout:g} s)", ExitCode.TASK_TIMED_OUT
+            line = f"Task {self.task.id} timed out after {self.config.task_timeout:g} s; killed the boefje's processes"
+        else:
+            why, code = f"the one-shot process received {child.detail}", ExitCode.INTERRUPTED
+            line = f"Task {self.task.id} interrupted by {child.detail}; killed the boefje's processes"
+        output = failure_output(ref.id, ref.version, f"boefje-runtime stopped this task: {why}")
+        raise _Failure(code, line + self._try_close(output), outcome="failed", duration_s=round(child.duration, 3))
 
     def fetch_input(self) -> BoefjeInput:
         url = self.input_url

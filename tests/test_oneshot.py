@@ -7,9 +7,10 @@ puts a task on the test API, sets it running (the input endpoint answers 403 oth
 
 from __future__ import annotations
 
-import base64
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -23,7 +24,7 @@ from boefje_runtime.oneshot import origin, run_oneshot
 from boefje_runtime.testing import BoefjeAPIServer, make_task
 
 from . import helpers
-from .helpers import error_text, write_plugin
+from .helpers import alive, error_text, wait_until, write_plugin
 
 SECRET = "planted-s3cr3t-9f2c"
 
@@ -64,6 +65,35 @@ BOEFJES = {
     """,
     "broken": """
         raise ImportError("this plugin cannot be imported")
+    """,
+    # Starts a child process, writes "<own pid> <child pid>" to arguments.pid_file, then hangs.
+    "spawner": """
+        import os
+        import subprocess
+        import sys
+        import time
+
+        def run(boefje_meta):
+            child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+            pid_file = boefje_meta["arguments"]["pid_file"]
+            with open(pid_file + ".tmp", "w") as out:
+                out.write(f"{os.getpid()} {child.pid}")
+            os.rename(pid_file + ".tmp", pid_file)
+            time.sleep(600)
+    """,
+    "big": """
+        def run(boefje_meta):
+            return [({"text/plain"}, b"x" * 2048)]
+    """,
+    "exiter": """
+        import os
+
+        def run(boefje_meta):
+            os._exit(3)
+    """,
+    "returns_none": """
+        def run(boefje_meta):
+            return None
     """,
 }
 
@@ -269,6 +299,101 @@ def test_boefje_found_by_oci_image_when_the_id_is_unknown(api, plugin_dir):
     assert api.status(task_id) == "completed"
 
 
+def test_a_boefje_returning_none_warns_and_still_completes_the_task(api, plugin_dir):
+    task_id = running_task(api, "returns-none")
+    result = run_cli(input_url(api, task_id), plugin_dir)
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert api.status(task_id) == "completed" and api.files(task_id) == []
+    (warning,) = [line for line in result.stderr.splitlines() if "[warning]" in line]
+    assert "returned None" in warning and "returns-none" in warning
+
+
+def test_max_output_size_fails_a_larger_output(api, plugin_dir):
+    task_id = running_task(api, "big")
+    result = run_cli(input_url(api, task_id), plugin_dir, "--max-output-size", "0.001")  # 1048 bytes < 2 KiB
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert api.status(task_id) == "failed"
+    assert "output too large" in error_text(api, task_id)
+
+
+def test_a_boefje_process_that_exits_fails_the_task_saying_how(api, plugin_dir):
+    task_id = running_task(api, "exiter")
+    result = run_cli(input_url(api, task_id), plugin_dir)
+    assert result.returncode == ExitCode.OK, result.stderr  # the boefje's status does not decide the exit code
+    assert api.status(task_id) == "failed"
+    assert "exited with code 3" in error_text(api, task_id)
+
+
+# -- stopping a boefje: TASK_TIMEOUT, SIGTERM, SIGINT --------------------------------------------
+
+
+def spawner_pids(pid_file: Path) -> tuple[int, int]:
+    """The spawner boefje's own pid and its child's, once it has written them."""
+    wait_until(pid_file.exists, timeout=30, what="the boefje to start its child")
+    boefje_pid, child_pid = map(int, pid_file.read_text().split())
+    return boefje_pid, child_pid
+
+
+def assert_gone(*pids: int) -> None:
+    try:
+        wait_until(lambda: not any(alive(pid) for pid in pids), timeout=5, what=f"processes {pids} to end")
+    finally:
+        for pid in pids:  # never leave them behind, even when the test fails
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_task_timeout_kills_the_boefje_and_its_child_and_fails_the_task(api, plugin_dir, tmp_path):
+    pid_file = tmp_path / "pids"
+    task_id = running_task(api, "spawner", arguments={"pid_file": str(pid_file)})
+    result = run_cli(input_url(api, task_id), plugin_dir, "--task-timeout", "1.5")
+    assert result.returncode == ExitCode.TASK_TIMED_OUT == 8, result.stderr
+    line = error_line(result)
+    assert f"Task {task_id} timed out after 1.5 s" in line and "the task was marked failed" in line
+    assert api.status(task_id) == "failed"
+    assert "it ran longer than TASK_TIMEOUT (1.5 s)" in error_text(api, task_id)
+    assert_gone(*spawner_pids(pid_file))
+
+
+def test_task_timeout_when_closing_the_task_fails_too_says_so(api, plugin_dir, tmp_path):
+    pid_file = tmp_path / "pids"
+    task_id = running_task(api, "spawner", arguments={"pid_file": str(pid_file)})
+    api.inject("output", status=500, times=None)
+    result = run_cli(input_url(api, task_id), plugin_dir, "--task-timeout", "1")
+    assert result.returncode == ExitCode.TASK_TIMED_OUT, result.stderr
+    line = error_line(result)
+    assert "timed out" in line and "marking the task failed did not work either" in line and "500" in line
+    assert_gone(*spawner_pids(pid_file))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_kills_the_boefje_and_its_child_and_fails_the_task(api, plugin_dir, tmp_path, signum):
+    pid_file = tmp_path / "pids"
+    task_id = running_task(api, "spawner", arguments={"pid_file": str(pid_file)})
+    # Its own session, so a SIGINT to its process group is what a terminal's Ctrl-C does.
+    process = subprocess.Popen([*helpers.CLI, "--plugin-dir", str(plugin_dir), input_url(api, task_id)],
+                               env=helpers.cli_env(), stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        pids = spawner_pids(pid_file)
+        if signum == signal.SIGINT:
+            os.killpg(process.pid, signum)
+        else:
+            os.kill(process.pid, signum)  # what a container runtime sends
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    name = signal.Signals(signum).name
+    assert process.returncode == ExitCode.INTERRUPTED == 9, stderr
+    errors = [line for line in stderr.splitlines() if "[error]" in line]
+    assert len(errors) == 1 and f"interrupted by {name}" in errors[0] and "marked failed" in errors[0], stderr
+    assert "Traceback" not in stderr
+    assert api.status(task_id) == "failed"
+    assert f"the one-shot process received {name}" in error_text(api, task_id)
+    assert_gone(*pids)
+
+
 # -- the output -------------------------------------------------------------------------------
 
 
@@ -371,8 +496,13 @@ def test_json_log_lines_parse_and_carry_the_task_id(api, plugin_dir):
     assert lines, "expected log lines"
     assert all({"timestamp", "level", "logger", "message", "pid"} <= set(line) for line in lines)
     after_input = lines[1:]  # the first line is the GET of the input, before the task is known
-    assert after_input and all(line.get("task_id") == task_id for line in after_input)
-    assert any(line["message"].startswith("Boefje hello finished") for line in after_input)
+    assert after_input
+    for line in after_input:
+        assert (line.get("task_id"), line.get("boefje_id"), line.get("organisation")) == (task_id, "hello", "org"), line
+    assert any(re.fullmatch(r"Boefje completed in \d+\.\d{3} s with 1 files", line["message"]) for line in after_input)
+    last = after_input[-1]  # the line that ends the task says how
+    assert last["outcome"] == "completed" and last["status_code"] == 200
+    assert isinstance(last["duration_s"], float) and 0 <= last["duration_s"] < 30
 
 
 def test_json_error_line_carries_the_task_id(api, plugin_dir):
@@ -392,8 +522,8 @@ def test_a_planted_secret_never_reaches_stdout_or_stderr(api, plugin_dir, fmt):
     assert SECRET not in result.stderr
     assert "using token ***" in (result.stderr if fmt == "text" else result.stderr.replace('\\"', '"'))
     (file,) = api.files(task_id)
-    assert SECRET.encode() not in file["content"]  # the error file is redacted too
-    assert SECRET not in base64.b64encode(file["content"]).decode()
+    assert SECRET.encode() not in file["content"]  # the error file is redacted too...
+    assert b"ValueError: token '***' was refused" in file["content"]  # ...where the secret was
 
 
 def test_api_header_values_never_reach_the_logs(api, plugin_dir):

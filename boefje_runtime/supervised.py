@@ -1,0 +1,285 @@
+"""One-shot's boefje runs in a forked child, so a deadline or a stop signal can end it for sure.
+
+A boefje in the one-shot process itself could not be stopped: a hung ``run`` ignores a timeout,
+and a SIGTERM from the container runtime (what it sends when it stops a task's container) would
+kill the process before it could close the task. So the one-shot process forks, becomes a child
+subreaper, puts the child in its own process group and waits for one of:
+
+- the child's result (its :class:`~boefje_runtime.execution.ExecutionResult`, pickled over a pipe):
+  whatever processes the boefje left behind are killed, as in worker mode;
+- the child's exit without a result (``os._exit``, a segfault, an OOM kill): the task fails saying how;
+- ``TASK_TIMEOUT`` passing, or SIGTERM/SIGINT arriving: the boefje's whole process tree is killed.
+
+Signal handlers only record the signal and wake the wait (``signal.set_wakeup_fd``). The child's
+own process group keeps a terminal's Ctrl-C (sent to the foreground group) away from the boefje:
+the parent decides. The cost is one fork per run (about 1 ms; see benchmarks/).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import os
+import pickle
+import select
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .execution import ExecutionResult, execute
+from .plugins import Boefje
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+#: The child's exit code when it could not even send its result (a bug of ours or a pickling error).
+_CHILD_FAILED = 70
+_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+class Ending(enum.Enum):
+    """How the boefje's run ended."""
+
+    #: The child sent its result.
+    FINISHED = "finished"
+    #: The child exited without a result.
+    DIED = "died"
+    #: TASK_TIMEOUT passed; the tree was killed.
+    TIMED_OUT = "timed out"
+    #: SIGTERM or SIGINT arrived; the tree was killed.
+    INTERRUPTED = "interrupted"
+
+
+@dataclass
+class ChildRun:
+    ending: Ending
+    #: The boefje's result (FINISHED only).
+    result: ExecutionResult | None
+    #: Seconds from fork to the end.
+    duration: float
+    #: How the child died (DIED), or the signal's name (INTERRUPTED).
+    detail: str = ""
+    #: Processes killed after the run (left behind by the boefje, or its tree on a stop).
+    killed: int = 0
+
+
+class StopSignals:
+    """Records SIGTERM/SIGINT while installed, and wakes :func:`run_in_child`'s wait.
+
+    Installed only in the main thread (the only one Python delivers signals to); elsewhere it
+    does nothing, and a library caller keeps its own handlers.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.wakeup_fd: int | None = None
+        self._write_fd: int | None = None
+        self._previous: dict[int, Any] = {}
+        self._previous_wakeup = -1
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.received).name if self.received else ""
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is None:
+            self.received = signum
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StopSignals]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(read_fd, False)
+        os.set_blocking(write_fd, False)
+        self.wakeup_fd, self._write_fd = read_fd, write_fd
+        self._previous_wakeup = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        for signum in STOP_SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._handle)
+        try:
+            yield self
+        finally:
+            for signum, handler in self._previous.items():
+                signal.signal(signum, handler)
+            self._previous.clear()
+            signal.set_wakeup_fd(self._previous_wakeup)
+            os.close(read_fd)
+            os.close(write_fd)
+            self.wakeup_fd = self._write_fd = None
+
+
+def run_in_child(boefje: Boefje, meta: Mapping[str, Any], *, max_output_bytes: int | None,
+                 timeout: float | None, signals: StopSignals) -> ChildRun:
+    """Run ``execute(boefje, meta)`` in a forked child; wait for its result, the deadline or a signal."""
+    started = time.monotonic()
+    if signals.received:
+        return ChildRun(Ending.INTERRUPTED, None, 0.0, signals.name)
+    become_subreaper()
+    read_fd, write_fd = os.pipe()
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # no parent handler runs in the child
+    try:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child; coverage does not follow a fork
+            os.close(read_fd)
+            _child(write_fd, boefje, meta, max_output_bytes)
+        with contextlib.suppress(OSError):
+            os.setpgid(pid, pid)  # the child does it too: whichever runs first
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    os.close(write_fd)
+    exited = _pidfd(pid)
+    try:
+        ending, data = _wait(read_fd, exited, started + timeout if timeout else None, signals)
+    finally:
+        os.close(read_fd)
+        if exited is not None:
+            os.close(exited)
+    # Killed before the child is reaped: until then its pid (and group id) cannot be reused.
+    killed = kill_tree(pid)
+    _, status = os.waitpid(pid, 0)
+    duration = time.monotonic() - started
+    if ending is Ending.INTERRUPTED:
+        return ChildRun(ending, None, duration, signals.name, killed)
+    if ending is Ending.TIMED_OUT:
+        return ChildRun(ending, None, duration, "", killed)
+    result = None
+    if data and os.waitstatus_to_exitcode(status) == 0:
+        with contextlib.suppress(Exception):
+            result = pickle.loads(data)
+    if not isinstance(result, ExecutionResult):
+        return ChildRun(Ending.DIED, None, duration, describe_status(status), killed)
+    return ChildRun(Ending.FINISHED, result, duration, "", killed)
+
+
+def _pidfd(pid: int) -> int | None:
+    """A descriptor that becomes readable when the child exits (Linux 5.3+), so a grandchild that
+    inherited the result pipe cannot keep us waiting for an EOF that never comes."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def _child(write_fd: int, boefje: Boefje, meta: Mapping[str, Any],
+           max_output_bytes: int | None) -> None:  # pragma: no cover - runs in the child
+    code = _CHILD_FAILED
+    try:
+        os.setpgid(0, 0)
+        signal.set_wakeup_fd(-1)
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
+        _die_with_parent()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        result = execute(boefje, meta, max_output_bytes=max_output_bytes)
+        data = memoryview(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+        while data:
+            data = data[os.write(write_fd, data):]
+        code = 0
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def _wait(read_fd: int, exited: int | None, deadline: float | None,
+          signals: StopSignals) -> tuple[Ending, bytes]:
+    """Read the child's result until it ends, unless the deadline passes or a signal arrives first."""
+    chunks: list[bytes] = []
+    watched = [fd for fd in (read_fd, exited, signals.wakeup_fd) if fd is not None]
+    os.set_blocking(read_fd, False)
+    while True:
+        if signals.received:
+            return Ending.INTERRUPTED, b""
+        wait = None if deadline is None else deadline - time.monotonic()
+        if wait is not None and wait <= 0:
+            return Ending.TIMED_OUT, b""
+        readable, _, _ = select.select(watched, [], [], wait)
+        if signals.wakeup_fd is not None and signals.wakeup_fd in readable:
+            with contextlib.suppress(BlockingIOError, OSError):
+                os.read(signals.wakeup_fd, 512)
+        if read_fd in readable or exited in readable:
+            # The child writes everything before it exits: once it has, the rest is in the pipe.
+            while True:
+                try:
+                    chunk = os.read(read_fd, 1 << 20)
+                except BlockingIOError:
+                    break
+                if not chunk:
+                    return Ending.FINISHED, b"".join(chunks)
+                chunks.append(chunk)
+            if exited is not None and exited in readable:
+                return Ending.FINISHED, b"".join(chunks)
+
+
+def describe_status(status: int) -> str:
+    """How a process ended, from its ``waitpid`` status, for a log line and the error file."""
+    code = os.waitstatus_to_exitcode(status)
+    if code >= 0:
+        return f"exited with code {code} without a result"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    text = f"was killed by {name} ({-code})"
+    if code == -signal.SIGKILL:
+        text += "; if nobody sent it, the kernel's OOM killer is the likely cause"
+    return text
+
+
+# -- process trees (Linux; elsewhere the process group is all we have) ---------------------------
+
+
+def become_subreaper() -> bool:
+    """Keep the boefje's orphaned descendants as our children, so they can be found and killed."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    """A SIGKILLed one-shot process must not leave its boefje running."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for thread in threads:
+        with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/task/{thread}/children") as listing:
+            found += [int(child) for child in listing.read().split()]
+    return found
+
+
+def kill_tree(pid: int, deadline: float = 5.0) -> int:
+    """SIGKILL the child's process group and every other descendant of ours but the child itself
+    (reaped by the caller); returns how many processes were sent a signal."""
+    killed = 0
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)  # its members, orphaned, become our children: counted below
+    me, end = os.getpid(), time.monotonic() + deadline
+    while time.monotonic() < end:
+        others = [child for child in _children(me) if child != pid]
+        if not others:
+            break
+        for child in others:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+                killed += 1
+        for child in others:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(child, 0)
+    return killed
