@@ -2,13 +2,19 @@
 
 A boefje in the one-shot process itself could not be stopped: a hung ``run`` ignores a timeout,
 and a SIGTERM from the container runtime (what it sends when it stops a task's container) would
-kill the process before it could close the task. So the one-shot process forks, becomes a child
-subreaper, puts the child in its own process group and waits for one of:
+kill the process before it could close the task. So the one-shot process forks a child that leads
+its own session and process group and is a child subreaper (everything the boefje starts stays
+below it), and waits for one of:
 
-- the child's result (its :class:`~boefje_runtime.execution.ExecutionResult`, pickled over a pipe):
-  whatever processes the boefje left behind are killed, as in worker mode;
+- the child's result (its :class:`~boefje_runtime.execution.ExecutionResult`, pickled over a pipe);
+  the child kills whatever the boefje left behind before it sends it, as a pool worker does;
 - the child's exit without a result (``os._exit``, a segfault, an OOM kill): the task fails saying how;
-- ``TASK_TIMEOUT`` passing, or SIGTERM/SIGINT arriving: the boefje's whole process tree is killed.
+- ``TASK_TIMEOUT`` passing, or SIGTERM/SIGINT arriving: the child's whole tree is killed
+  (:func:`~boefje_runtime.process_tree.kill_tree`).
+
+The one-shot process is a subreaper too while the child runs, so the descendants of a child that
+died are re-parented to it and killed as well. Only processes that became its children during the
+run are touched: a program embedding :func:`run_in_child` keeps its own children.
 
 Signal handlers only record the signal and wake the wait (``signal.set_wakeup_fd``). The child's
 own process group keeps a terminal's Ctrl-C (sent to the foreground group) away from the boefje:
@@ -30,6 +36,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from . import process_tree
 from .execution import ExecutionResult, execute
 from .plugins import Boefje
 
@@ -38,7 +45,8 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 #: The child's exit code when it could not even send its result (a bug of ours or a pickling error).
 _CHILD_FAILED = 70
 _PR_SET_PDEATHSIG = 1
-_PR_SET_CHILD_SUBREAPER = 36
+#: How long the parent waits for the processes it killed to be reaped.
+_REAP_BOUND = 5.0
 
 
 class Ending(enum.Enum):
@@ -119,7 +127,9 @@ def run_in_child(boefje: Boefje, meta: Mapping[str, Any], *, max_output_bytes: i
     started = time.monotonic()
     if signals.received:
         return ChildRun(Ending.INTERRUPTED, None, 0.0, signals.name)
-    become_subreaper()
+    me = os.getpid()
+    before = set(process_tree.children(me))
+    subreaper = not process_tree.is_subreaper() and process_tree.become_subreaper()
     read_fd, write_fd = os.pipe()
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # no parent handler runs in the child
     try:
@@ -127,33 +137,49 @@ def run_in_child(boefje: Boefje, meta: Mapping[str, Any], *, max_output_bytes: i
         if pid == 0:  # pragma: no cover - the child; coverage does not follow a fork
             os.close(read_fd)
             _child(write_fd, boefje, meta, max_output_bytes)
-        with contextlib.suppress(OSError):
-            os.setpgid(pid, pid)  # the child does it too: whichever runs first
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     os.close(write_fd)
     exited = _pidfd(pid)
     try:
         ending, data = _wait(read_fd, exited, started + timeout if timeout else None, signals)
+        killed = 0
+        if ending is not Ending.FINISHED:
+            killed = len(process_tree.kill_tree(pid))  # before it is reaped: its pid cannot be reused
+        _, status = os.waitpid(pid, 0)
+        # Orphans of a child that died (or of a tree just killed) are ours now: they go too.
+        strays = [child for child in process_tree.children(me) if child not in before]
+        for stray in strays:
+            process_tree.kill_tree(stray)
+        _reap(strays)
     finally:
         os.close(read_fd)
         if exited is not None:
             os.close(exited)
-    # Killed before the child is reaped: until then its pid (and group id) cannot be reused.
-    killed = kill_tree(pid)
-    _, status = os.waitpid(pid, 0)
+        if subreaper:
+            process_tree.become_subreaper(False)
     duration = time.monotonic() - started
     if ending is Ending.INTERRUPTED:
         return ChildRun(ending, None, duration, signals.name, killed)
     if ending is Ending.TIMED_OUT:
         return ChildRun(ending, None, duration, "", killed)
-    result = None
+    answer = None
     if data and os.waitstatus_to_exitcode(status) == 0:
         with contextlib.suppress(Exception):
-            result = pickle.loads(data)
-    if not isinstance(result, ExecutionResult):
+            answer = pickle.loads(data)
+    if not (isinstance(answer, tuple) and len(answer) == 2 and isinstance(answer[0], ExecutionResult)):
         return ChildRun(Ending.DIED, None, duration, describe_status(status), killed)
-    return ChildRun(Ending.FINISHED, result, duration, "", killed)
+    result, left_behind = answer
+    return ChildRun(Ending.FINISHED, result, duration, "", killed + left_behind)
+
+
+def _reap(pids: list[int]) -> None:
+    end = time.monotonic() + _REAP_BOUND
+    waiting = set(pids)
+    while waiting and time.monotonic() < end:
+        waiting -= set(process_tree.reap(waiting))
+        if waiting:
+            time.sleep(0.001)
 
 
 def _pidfd(pid: int) -> int | None:
@@ -169,14 +195,16 @@ def _child(write_fd: int, boefje: Boefje, meta: Mapping[str, Any],
            max_output_bytes: int | None) -> None:  # pragma: no cover - runs in the child
     code = _CHILD_FAILED
     try:
-        os.setpgid(0, 0)
+        process_tree.own_process_group()
+        process_tree.become_subreaper()
         signal.set_wakeup_fd(-1)
         for signum in STOP_SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
         _die_with_parent()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         result = execute(boefje, meta, max_output_bytes=max_output_bytes)
-        data = memoryview(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+        left_behind = process_tree.kill_children()
+        data = memoryview(pickle.dumps((result, left_behind), protocol=pickle.HIGHEST_PROTOCOL))
         while data:
             data = data[os.write(write_fd, data):]
         code = 0
@@ -232,16 +260,7 @@ def describe_status(status: int) -> str:
     return text
 
 
-# -- process trees (Linux; elsewhere the process group is all we have) ---------------------------
-
-
-def become_subreaper() -> bool:
-    """Keep the boefje's orphaned descendants as our children, so they can be found and killed."""
-    if not sys.platform.startswith("linux"):
-        return False
-    import ctypes
-
-    return ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+# -- the child's tie to its parent ---------------------------------------------------------------
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
@@ -250,36 +269,3 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
-def _children(pid: int) -> list[int]:
-    found: list[int] = []
-    try:
-        threads = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return found
-    for thread in threads:
-        with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/task/{thread}/children") as listing:
-            found += [int(child) for child in listing.read().split()]
-    return found
-
-
-def kill_tree(pid: int, deadline: float = 5.0) -> int:
-    """SIGKILL the child's process group and every other descendant of ours but the child itself
-    (reaped by the caller); returns how many processes were sent a signal."""
-    killed = 0
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)  # its members, orphaned, become our children: counted below
-    me, end = os.getpid(), time.monotonic() + deadline
-    while time.monotonic() < end:
-        others = [child for child in _children(me) if child != pid]
-        if not others:
-            break
-        for child in others:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signal.SIGKILL)
-                killed += 1
-        for child in others:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(child, 0)
-    return killed
