@@ -925,12 +925,24 @@ LOG_LINE = re.compile(
 
 def test_a_request_logs_one_info_line_in_the_seeds_form(boefje_api, client, caplog):
     caplog.set_level(logging.INFO, logger=HTTP_LOGGER)
+    boefje_api.enqueue(make_task("dns-records"))
 
     client.pop()
 
     [line] = info_lines(caplog)
     assert LOG_LINE.fullmatch(line)
     assert line == f'HTTP Request: POST {boefje_api.url}/api/v0/scheduler/boefje/pop?limit=1 "HTTP/1.1 200 OK"'
+
+
+def test_an_empty_pop_logs_at_debug_only(boefje_api, client, caplog):
+    """An idle worker pops every few seconds: those lines would bury what happened to tasks."""
+    caplog.set_level(logging.DEBUG, logger=HTTP_LOGGER)
+
+    assert client.pop() == []
+
+    assert info_lines(caplog) == []
+    [record] = [record for record in caplog.records if record.name == HTTP_LOGGER]
+    assert record.levelno == logging.DEBUG and "/pop?limit=1" in record.getMessage()
 
 
 @all_calls
