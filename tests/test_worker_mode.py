@@ -120,7 +120,10 @@ def hold_task(tmp_path: Path, name: str, **extra) -> tuple[dict, Path, Path]:
     return task, pid_file, release_file
 
 
-def test_start_up_lines_are_the_seeds(boefje_api, plugin_dir, workers):
+def test_start_up_lines_are_the_seeds(boefje_api, plugin_dir, tmp_path, workers):
+    task, _, release_file = hold_task(tmp_path, "quick")
+    release_file.touch()  # a pop that finds a task logs at INFO; an empty one only at DEBUG
+    boefje_api.enqueue(task)
     worker = Worker(boefje_api.url, plugin_dir, "-p", "hold", "--burst")
     workers.append(worker)
 
