@@ -157,7 +157,6 @@ class _OneShot:
         self.tracing = tracing
         self.trace = tracing.start_task(parent=environment_context())
         self.output: BoefjeOutput | None = None
-        self.error: str | None = None
         self.task: Task | None = None
         self.output_url: str | None = None
         self.delivered = False
@@ -195,7 +194,8 @@ class _OneShot:
                 boefje, raw if isinstance(raw, dict) else meta.to_dict(),
                 max_output_bytes=self.config.max_output_bytes, timeout=self.config.task_timeout, signals=self.signals,
             )
-        output = self.output = self.outcome(child)
+            output = self.output = self.outcome(child)
+            self.trace.ran(output, self.error)
         try:
             with self.trace.phase(POST_OUTPUT):
                 self.deliver(output)
@@ -297,9 +297,9 @@ class _OneShot:
     def end_trace(self, code: ExitCode) -> None:
         """End the run's span: the boefje's status once delivered, else what went wrong."""
         if code == ExitCode.OK and self.output is not None:
-            self.trace.finish(self.output.status.value.lower(), self.output, self.error)
+            self.trace.finish(self.output.status.value.lower())
         else:
-            self.trace.finish(code.name.lower(), self.output, self.error)
+            self.trace.finish(code.name.lower())
 
     # -- closing a task that cannot run ---------------------------------------------------------
 
