@@ -230,3 +230,26 @@ def test_a_pop_trace_is_continued_by_its_first_task_and_linked_from_the_others()
     assert second_pop.parent.span_id == second.context.span_id
     assert [(link.context.trace_id, link.context.span_id) for link in second_pop.links] == [(PARENT_TRACE, PARENT_SPAN)]
 
+
+
+@needs_otel
+def test_the_oneshot_cli_exports_its_spans_over_otlp_and_continues_traceparent(api, plugins):
+    """The real path: the CLI, the setting, the gRPC exporter, and the boefje run in a forked child."""
+    from .otlp_receiver import OtlpReceiver
+
+    task_id = running_task(api, "hello", input_ooi="Host|cli")
+    with OtlpReceiver() as receiver:
+        result = helpers.run_cli(
+            "--plugin-dir", str(plugins), f"{api.url}/api/v0/tasks/{task_id}",
+            env={"SPAN_EXPORT_GRPC_ENDPOINT": receiver.endpoint, "TRACEPARENT": traceparent(PARENT_TRACE, PARENT_SPAN)},
+            timeout=60,
+        )
+        assert result.returncode == ExitCode.OK, result.stderr
+        spans = receiver.received()  # flushed before the process exited
+
+    assert sorted(span.name for span in spans) == ["GET input", "POST output", "boefje task", "run"]
+    assert {span.trace_id for span in spans} == {PARENT_TRACE}
+    [task] = [span for span in spans if span.name == "boefje task"]
+    assert task.parent_span_id == PARENT_SPAN
+    assert task.attributes["boefje.outcome"] == "completed"
+    assert "grpc" not in result.stderr.lower()  # no complaint from gRPC about the fork
