@@ -39,6 +39,7 @@ _EXPORTS = {
     "APIConnectionError": "errors",
     "APIStatusError": "errors",
     "APIResponseError": "errors",
+    "APIResponseTooLarge": "errors",
 }
 
 __all__ = [*_EXPORTS, "__version__"]
@@ -58,6 +59,7 @@ if TYPE_CHECKING:  # let type checkers and IDEs see the real names
         APIConnectionError,
         APIError,
         APIResponseError,
+        APIResponseTooLarge,
         APIStatusError,
         BoefjeNotFound,
         BoefjeRuntimeError,

@@ -19,7 +19,7 @@ from urllib.parse import quote
 import requests
 from requests.structures import CaseInsensitiveDict
 
-from .errors import APIConnectionError, APIError, APIResponseError, APIStatusError
+from .errors import APIConnectionError, APIError, APIResponseError, APIResponseTooLarge, APIStatusError
 from .filters import TaskFilter
 from .models import BoefjeInput, BoefjeOutput, Task, TaskStatus, parse_task_list
 from .retry import NOT_PROCESSED, CallKind, RetryPolicy
@@ -267,35 +267,61 @@ class BoefjeAPIClient:
         return prepared
 
     def _read(self, response: requests.Response, method: str, url: str) -> bytes:
-        """Read the body, refusing to hold more than ``max_response_bytes`` in memory."""
+        """Read the body, refusing to hold more than ``max_response_bytes`` of it, counted decoded.
+
+        The cap is on what ends up in memory. ``Content-Length`` is the size on the wire: with a
+        ``Content-Encoding`` (gzip, deflate, br) the decoded body can be a thousand times larger (a
+        "gzip bomb": 20 KB on the wire, 20 MiB decoded), and with ``Transfer-Encoding: chunked`` it
+        is ignored altogether. Only an answer that is neither is read in one go (the hot path: no
+        per-chunk work, and urllib3 reads exactly the declared length); every other is streamed
+        and its decoded bytes counted, stopping at the cap.
+        """
         declared = response.headers.get("Content-Length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_response_bytes:
             # Refused on the declared size, before reading a byte of a body we would throw away.
-            raise APIResponseError(
-                f"{method} {url}: answer of {declared} bytes is larger than {self.max_response_bytes}; refused",
-                method=method,
-                url=url,
-                status_code=response.status_code,
-            )
+            raise self._too_large(response, method, url, f"of {declared} bytes,")
         try:
-            if declared is not None and declared.isdigit() and int(declared) <= self.max_response_bytes:
+            if _length_is_bounded(response, self.max_response_bytes):
                 return response.content
             chunks, size = [], 0
-            for chunk in response.iter_content(1 << 16):
+            for chunk in response.iter_content(_STREAM_CHUNK):
                 size += len(chunk)
                 if size > self.max_response_bytes:
-                    raise APIResponseError(
-                        f"{method} {url}: answer larger than {self.max_response_bytes} bytes; refused",
-                        method=method,
-                        url=url,
-                        status_code=response.status_code,
-                    )
+                    raise self._too_large(response, method, url, "")
                 chunks.append(chunk)
             return b"".join(chunks)
         except requests.RequestException as exc:
             raise APIConnectionError(
                 f"{method} {url} failed while reading the answer: {_reason(exc)}", method=method, url=url
             ) from None
+
+    def _too_large(self, response: requests.Response, method: str, url: str, size: str) -> APIResponseTooLarge:
+        encoding = response.headers.get("Content-Encoding")
+        decoded = f" once decoded (Content-Encoding: {encoding[:40]})" if encoding else ""
+        return APIResponseTooLarge(
+            f"{method} {url} answered {response.status_code} with a body {size + ' ' if size else ''}larger than "
+            f"the cap of {self.max_response_bytes} bytes{decoded}; refused",
+            method=method,
+            url=url,
+            status_code=response.status_code,
+        )
+
+
+#: Decoded bytes per read of a streamed answer. urllib3 2.6+ decodes at most this much per read;
+#: older versions decode one read of this many *wire* bytes at once, so a bomb can overshoot the
+#: cap by up to ~1000 times this (16 MiB) before the count sees it. Small enough for that, large
+#: enough that a big legitimate answer is read in few steps.
+_STREAM_CHUNK = 16 * 1024
+
+
+def _length_is_bounded(response: requests.Response, cap: int) -> bool:
+    """True when reading the whole body cannot put more than ``cap`` bytes in memory: no content
+    coding (bar identity) and a length urllib3 will hold the body to (not chunked, declared)."""
+    encoding = response.headers.get("Content-Encoding")
+    if encoding is not None and encoding.strip().lower() not in ("", "identity"):
+        return False
+    remaining = getattr(response.raw, "length_remaining", None)  # None when chunked or undeclared
+    return isinstance(remaining, int) and remaining <= cap
 
 
 _EMPTY_POP_ANSWERS = frozenset({b"", b"[]", b"null", b'{"results":[]}'})

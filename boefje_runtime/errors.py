@@ -82,3 +82,11 @@ class APIStatusError(APIError):
 
 class APIResponseError(APIError):
     """The API answered 2xx with a body that is not what the protocol promises."""
+
+
+class APIResponseTooLarge(APIResponseError):
+    """An answer was larger than the client's cap (``max_response_bytes``), counted as decoded bytes.
+
+    Its own class because the answer was not read, not because it was wrong: one-shot reports an
+    input refused this way as "could not be fetched", not as "not a valid task".
+    """

@@ -35,7 +35,15 @@ import requests
 
 from .client import BoefjeAPIClient
 from .config import RuntimeConfig, scrub_secret_env
-from .errors import APIError, APIResponseError, BoefjeNotFound, ConfigError, ParseError, PluginError
+from .errors import (
+    APIError,
+    APIResponseError,
+    APIResponseTooLarge,
+    BoefjeNotFound,
+    ConfigError,
+    ParseError,
+    PluginError,
+)
 from .execution import failure_output
 from .exit_codes import ExitCode
 from .logs import log_context, secret_values
@@ -250,6 +258,8 @@ class _OneShot:
             return client.fetch_input(url)
         except ParseError as exc:
             raise _Failure(ExitCode.INPUT_MALFORMED, f"Input from {url} is not a valid task: {exc}") from None
+        except APIResponseTooLarge as exc:  # refused unread (e.g. a gzip bomb): not fetched, not malformed
+            raise _Failure(ExitCode.INPUT_UNAVAILABLE, f"Cannot fetch input from {url}: {_reason(exc)}") from None
         except APIResponseError as exc:
             raise _Failure(ExitCode.INPUT_MALFORMED, f"Input from {url} is not a valid task: {_reason(exc)}") from None
         except APIError as exc:

@@ -30,6 +30,7 @@ import logging
 import re
 import threading
 import time
+import tracemalloc
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -39,7 +40,13 @@ from typing import Any
 import pytest
 
 from boefje_runtime.client import BoefjeAPIClient
-from boefje_runtime.errors import APIConnectionError, APIResponseError, APIStatusError, ParseError
+from boefje_runtime.errors import (
+    APIConnectionError,
+    APIResponseError,
+    APIResponseTooLarge,
+    APIStatusError,
+    ParseError,
+)
 from boefje_runtime.filters import TaskFilter
 from boefje_runtime.models import BoefjeInput, BoefjeOutput, OutputFile, OutputStatus, Task, TaskStatus
 from boefje_runtime.retry import NO_RETRY, RetryPolicy
@@ -845,7 +852,10 @@ def test_an_answer_declared_larger_than_the_cap_is_refused_unread(recorder):
         api_client.pop_raw()
 
     assert (raised.value.method, raised.value.status_code) == ("POST", 200)
-    assert "larger than 1000" in str(raised.value)
+    assert str(raised.value) == (
+        f"POST {recorder.url}/api/v0/scheduler/boefje/pop?limit=1 answered 200 with a body of 1000000000 bytes, "
+        "larger than the cap of 1000 bytes; refused"
+    )
     assert len(recorder.requests) == 1
 
 
@@ -870,6 +880,89 @@ def test_the_cap_is_inclusive(boefje_api, cap, accepted):
             with pytest.raises(APIResponseError):
                 api_client.pop_raw()
     assert boefje_api.request_counts() == {"pop": 1}
+
+
+# -- the cap counts decoded bytes: gzip bombs and smuggled lengths --------------------------------------------
+
+CAP = 1024 * 1024
+#: Decoded padding of the test API's gzip bomb: 4 MiB, about 4 KB on the wire (its Content-Length).
+BOMB = 4 * CAP
+
+
+@all_calls
+def test_a_gzip_bomb_is_refused_at_the_cap_for_every_call(boefje_api, call):
+    if call.name == "output":
+        pytest.skip("a 2xx output answer means the output was stored: see the next test")
+    task_id = call.given(boefje_api)
+    boefje_api.inject(call.name, gzip_bomb=BOMB)
+
+    with make_client(boefje_api, max_response_bytes=CAP) as api_client, pytest.raises(APIResponseTooLarge) as raised:
+        call.when(api_client, task_id)
+
+    assert_error(raised.value, call, boefje_api, task_id, 200)
+    assert str(raised.value) == (
+        f"{call.method} {call.url(boefje_api, task_id)} answered 200 with a body larger than the cap of {CAP} bytes "
+        "once decoded (Content-Encoding: gzip); refused"
+    )
+    assert boefje_api.request_counts() == {call.name: 1}  # not retried: the next answer would be the same
+
+
+def test_a_gzip_bomb_answering_an_output_counts_as_delivered(boefje_api, caplog):
+    """The bomb pads the real answer: the API stored the output, only its answer is refused."""
+    task_id = running_task(boefje_api)
+    boefje_api.inject("output", gzip_bomb=BOMB)
+
+    with make_client(boefje_api, max_response_bytes=CAP) as api_client:
+        assert api_client.post_output(task_id, OUTPUT) == {}
+
+    assert boefje_api.status(task_id) == "completed"
+    assert boefje_api.request_counts() == {"output": 1}
+    assert f"larger than the cap of {CAP} bytes once decoded" in caplog.text
+
+
+def test_health_is_false_under_a_gzip_bomb(boefje_api):
+    boefje_api.inject("health", gzip_bomb=BOMB)
+
+    with make_client(boefje_api, max_response_bytes=CAP) as api_client:
+        assert api_client.health() is False
+
+
+@all_calls
+def test_a_gzip_encoded_answer_within_the_cap_is_read(boefje_api, call):
+    task_id = call.given(boefje_api)
+    boefje_api.inject(call.name, gzip_bomb=CAP // 2)
+
+    with make_client(boefje_api, max_response_bytes=CAP) as api_client:
+        result = call.when(api_client, task_id)
+
+    call.then(boefje_api, task_id, result)
+
+
+def test_reading_stops_at_the_cap_instead_of_decoding_the_whole_bomb(boefje_api):
+    """64 MiB decoded, 1 MiB cap: the client may hold about the cap, never the bomb."""
+    boefje_api.inject("pop", gzip_bomb=64 * CAP)
+    with make_client(boefje_api, max_response_bytes=CAP) as api_client:
+        api_client.health()  # connect first: the peak below is the pop's alone
+        tracemalloc.start()
+        try:
+            with pytest.raises(APIResponseTooLarge):
+                api_client.pop_raw()
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+
+    assert peak < 8 * CAP, f"peak {peak / CAP:.1f} MiB while refusing a 64 MiB bomb"
+
+
+def test_a_content_length_next_to_chunked_encoding_does_not_lift_the_cap(recorder):
+    """HTTP ignores Content-Length when the body is chunked (RFC 9112 6.3), so a small declared length
+    must not let the client read a large chunked body in one go."""
+    recorder.answer(Answer(body=b"[" + b"0," * 5000 + b"0]", headers={"Content-Length": "2"}, chunked=True))
+
+    with make_client(recorder, max_response_bytes=1000) as api_client, pytest.raises(APIResponseTooLarge):
+        api_client.pop_raw()
+
+    assert len(recorder.requests) == 1
 
 
 # -- bounds: attempts and total time --------------------------------------------------------------------------

@@ -1,13 +1,16 @@
 """What the test Boefje API can be told to do wrong, and what it remembers of each request.
 
 Chaos tests inject faults per endpoint (error statuses, delays, dropped connections, malformed
-bodies) through :meth:`BoefjeAPIServer.inject`; this module holds the fault itself, the checks on
+bodies, gzip bombs) through :meth:`BoefjeAPIServer.inject`; this module holds the fault itself, the checks on
 its arguments and the rule for which fault a request gets. :class:`RequestRecord` is the other
 half of that conversation: what a test reads back to see which requests came and how they ended.
 """
 
 from __future__ import annotations
 
+import functools
+import struct
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -29,6 +32,8 @@ class Fault:
     malformed: bool = False
     body: bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    #: Pad the answer with this many bytes of whitespace and send it gzip-encoded (see gzip_bomb).
+    gzip_bomb: int | None = None
     hits: int = 0
 
     @property
@@ -61,6 +66,7 @@ def make_fault(
     malformed: bool,
     body: bytes | str | None,
     headers: Mapping[str, str] | None,
+    gzip_bomb: int | None = None,
 ) -> Fault:
     """The fault :meth:`BoefjeAPIServer.inject` describes; ValueError for arguments that make no sense."""
     if endpoint != "*" and endpoint not in ENDPOINTS:
@@ -69,8 +75,10 @@ def make_fault(
         raise ValueError(f"drop must be True, 'before' or 'after', not {drop!r}")
     if times is not None and times < 1:
         raise ValueError("times must be at least 1 (or None for forever)")
-    if status is None and delay is None and not drop and not malformed and body is None:
-        raise ValueError("inject needs one of status, delay, drop, malformed or body")
+    if gzip_bomb is not None and (isinstance(gzip_bomb, bool) or not isinstance(gzip_bomb, int) or gzip_bomb < 0):
+        raise ValueError(f"gzip_bomb must be a number of bytes (0 or more), not {gzip_bomb!r}")
+    if status is None and delay is None and not drop and not malformed and body is None and gzip_bomb is None:
+        raise ValueError("inject needs one of status, delay, drop, malformed, body or gzip_bomb")
     return Fault(
         endpoint=endpoint,
         remaining=times,
@@ -80,7 +88,42 @@ def make_fault(
         malformed=malformed,
         body=body.encode() if isinstance(body, str) else body,
         headers={key: str(value) for key, value in (headers or {}).items()},
+        gzip_bomb=gzip_bomb,
     )
+
+
+#: Whitespace is compressed in blocks of this size, each flushed so that its compressed form is the
+#: same every time: a bomb of any size is then that form repeated, built without the decoded bytes.
+_BOMB_BLOCK = 1 << 20
+
+
+def gzip_bomb(answer: bytes, padding: int) -> bytes:
+    """A gzip stream that decodes to ``padding`` spaces followed by ``answer``.
+
+    Leading whitespace is valid JSON, so a client that decodes it all reads a well-formed answer
+    (the bomb costs it memory, not a parse error). About 1 KB on the wire per MiB of padding;
+    building one costs a CRC pass over the padding, once per size (cached).
+    """
+    head, padding_crc = _padding(padding)
+    tail = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)  # a raw deflate stream, ended here
+    body = tail.compress(answer) + tail.flush()
+    trailer = struct.pack("<II", zlib.crc32(answer, padding_crc), (padding + len(answer)) & 0xFFFFFFFF)
+    return b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + head + body + trailer
+
+
+@functools.lru_cache(maxsize=8)
+def _padding(size: int) -> tuple[bytes, int]:
+    """The deflate blocks of ``size`` spaces (ending byte-aligned, not final) and their CRC-32."""
+    blocks, rest = divmod(size, _BOMB_BLOCK)
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    block = b" " * _BOMB_BLOCK
+    # A full flush resets the compressor, so every block compresses to the same bytes.
+    repeated = compressor.compress(block) + compressor.flush(zlib.Z_FULL_FLUSH) if blocks else b""
+    last = compressor.compress(b" " * rest) + compressor.flush(zlib.Z_FULL_FLUSH) if rest else b""
+    crc = 0
+    for _ in range(blocks):
+        crc = zlib.crc32(block, crc)
+    return repeated * blocks + last, zlib.crc32(b" " * rest, crc)
 
 
 def take_fault(faults: list[Fault], endpoint: str) -> Fault | None:

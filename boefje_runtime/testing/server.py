@@ -288,6 +288,7 @@ class BoefjeAPIServer(TaskAssertions):
         malformed: bool = False,
         body: bytes | str | None = None,
         headers: Mapping[str, str] | None = None,
+        gzip_bomb: int | None = None,
     ) -> Fault:
         """Make the next ``times`` requests to ``endpoint`` (a name of :data:`ENDPOINTS`, or ``"*"``
         for all) misbehave; ``times=None`` keeps the fault until :meth:`clear_faults`.
@@ -298,12 +299,16 @@ class BoefjeAPIServer(TaskAssertions):
         - ``drop=True`` (or ``"before"``): close the connection without answering, before the
           request has any effect. ``drop="after"``: handle the request (a pop dispatches its tasks,
           an output closes its task), then close without answering: a lost response.
+        - ``gzip_bomb=N``: send the answer (the real one, or the injected one) gzip-encoded, padded
+          with N bytes of leading whitespace: still valid JSON once decoded, but N bytes larger,
+          while only about N/1000 bytes travel (``Content-Length`` is the compressed size). The
+          request has its effect unless another option here answers instead.
 
         Answering and dropping faults skip the request's effect, except ``drop="after"``.
         Faults are used in the order injected.
         """
         fault = make_fault(endpoint, status=status, times=times, delay=delay, drop=drop, malformed=malformed,
-                           body=body, headers=headers)
+                           body=body, headers=headers, gzip_bomb=gzip_bomb)
         with self._lock:
             self._faults.append(fault)
         return fault

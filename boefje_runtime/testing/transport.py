@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from .._http_server import StoppableHTTPServer
-from .faults import MALFORMED_BODY, Fault
+from .faults import MALFORMED_BODY, Fault, gzip_bomb
 from .parsing import _BAD_JSON, _NO_BODY, _Reply
 
 if TYPE_CHECKING:
@@ -163,7 +163,10 @@ class _Handler(BaseHTTPRequestHandler):
         if status is None:
             self.close_connection = True  # dropped: the client sees the connection close unanswered
         else:
-            self._send(status, payload, raw, headers)
+            body = raw if raw is not None else json.dumps(payload, separators=(",", ":")).encode()
+            if fault is not None and fault.gzip_bomb is not None:
+                body, headers = gzip_bomb(body, fault.gzip_bomb), {**headers, "Content-Encoding": "gzip"}
+            self._send(status, body, headers)
         api._record(method, parts.path, endpoint, status, self.headers.get("traceparent"))
 
     def _answer(self, api: BoefjeAPIServer, method: str, endpoint: str, params: dict[str, str], query: str,
@@ -240,8 +243,7 @@ class _Handler(BaseHTTPRequestHandler):
             chunks.append(self.rfile.read(length))
             self.rfile.readline(1024)
 
-    def _send(self, status: int, payload: Any, raw: bytes | None, headers: Mapping[str, str]) -> None:
-        body = raw if raw is not None else json.dumps(payload, separators=(",", ":")).encode()
+    def _send(self, status: int, body: bytes, headers: Mapping[str, str]) -> None:
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
