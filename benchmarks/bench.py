@@ -426,7 +426,7 @@ def wait_ready(bench: Bench, process: subprocess.Popen, pool_size: int, log_path
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"the CLI pool exited with {process.returncode}:\n{h.tail(log_path)}")
-        if len(h.children(process.pid)) >= pool_size and bench.server.call("counts").get("pop", 0) >= 1:
+        if len(h.descendants(process.pid)) >= pool_size and bench.server.call("counts").get("pop", 0) >= 1:
             return
         time.sleep(0.05)
     raise RuntimeError(f"the CLI pool was not ready within 30 s:\n{h.tail(log_path)}")

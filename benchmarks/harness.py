@@ -421,6 +421,17 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``: workers may be its children or, forked by a fork server that is
+    its child, its grandchildren."""
+    found, todo = [], children(pid)
+    while todo:
+        member = todo.pop()
+        found.append(member)
+        todo.extend(children(member))
+    return found
+
+
 def memory_kib(pid: int) -> dict[str, int]:
     """Rss, Pss and its anonymous and file-backed parts, in KiB, from ``/proc/<pid>/smaps_rollup``.
 
@@ -438,9 +449,9 @@ def memory_kib(pid: int) -> dict[str, int]:
 
 
 def tree_memory(pid: int) -> dict[str, Any]:
-    """RSS and PSS in MB (10^6 bytes; the kernel reports KiB) of a process and its direct children
-    (supervisor + workers)."""
-    pids = [pid, *children(pid)]
+    """RSS and PSS in MB (10^6 bytes; the kernel reports KiB) of a process and every process below
+    it (supervisor + workers, and the fork server when there is one)."""
+    pids = [pid, *descendants(pid)]
     totals = {"Rss": 0, "Pss": 0, "Pss_Anon": 0, "Pss_File": 0}
     supervisor_pss = 0
     for member in pids:
