@@ -88,7 +88,23 @@ def test_exit_codes_reach_the_supervisor_through_the_sentinel(server, message, c
 
     process.join(5)
     assert process.exitcode == code
-    assert not alive(process.pid)  # reaped by the fork server: no zombie left
+    wait_until(lambda: not os.path.exists(f"/proc/{process.pid}"))  # reaped once read: no zombie left
+
+
+def test_an_ended_worker_keeps_its_pid_until_its_exit_code_is_read(server):
+    # given a worker that ended
+    process, conn = server.spawn()
+    conn.recv()
+    conn.send(("exit", 5))
+    wait_until(process.ended)
+
+    # then it is a zombie of the fork server: its pid (and process group id) is nobody else's yet
+    with open(f"/proc/{process.pid}/stat") as stat:
+        assert stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+
+    # when the supervisor reads the exit code, it is reaped
+    assert process.exitcode == 5
+    wait_until(lambda: not os.path.exists(f"/proc/{process.pid}"))
 
 
 def test_a_killed_worker_reports_the_signal_like_multiprocessing(server):

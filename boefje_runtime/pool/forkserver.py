@@ -12,13 +12,18 @@ What stays as it was with a direct fork:
   ``gc.freeze``), and the workers are forks of it, so the pages nobody writes stay shared by all;
 - a worker dies with its supervisor: the fork server has ``PR_SET_PDEATHSIG`` on the supervisor
   (and leaves when its control socket closes), the worker on the fork server (``die_with_parent``);
-- the supervisor sees each worker's exit code and has a sentinel to wait on: the fork server reaps
-  its children and writes each exit code to that worker's own status pipe, whose read end is the
-  sentinel (the exit code follows ``multiprocessing``'s convention: ``-N`` for signal N).
+- the supervisor sees each worker's exit code and has a sentinel to wait on: the fork server sees
+  a worker end (``waitid`` with ``WNOWAIT``: not reaped yet) and writes its exit code to that
+  worker's own status pipe, whose read end is the sentinel (the exit code follows
+  ``multiprocessing``'s convention: ``-N`` for signal N);
+- a worker's pid (and so its process group and session ids) stays reserved until the supervisor
+  has read the exit code, as with a child of its own: only then does it ask the fork server to
+  reap it. Until then killing what is left of its process group cannot hit a stranger.
 
-The exchange is a Unix socket pair: the supervisor sends ``b"S"`` with two file descriptors (the
-worker's end of its duplex pipe and the write end of its status pipe, ``SCM_RIGHTS``); the fork
-server answers the pid (8 bytes, signed; ``-errno`` when the fork failed). Orphans of a worker are
+The exchange is a Unix ``SOCK_SEQPACKET`` pair (one message per send): the supervisor sends
+``b"S"`` with two file descriptors (the worker's end of its duplex pipe and the write end of its
+status pipe, ``SCM_RIGHTS``), answered by the pid (8 bytes, signed; ``-errno`` when the fork
+failed); and ``b"R"`` + pid to have an ended worker reaped (no answer). Orphans of a worker are
 re-parented to the supervisor, which is the child subreaper; the fork server is not one.
 """
 
@@ -62,15 +67,21 @@ class ForkedProcess:
     ``multiprocessing.Process`` the pool uses (``pid``, ``sentinel``, ``exitcode``, ``join``,
     ``is_alive``, ``kill``)."""
 
-    def __init__(self, pid: int, status_fd: int) -> None:
+    def __init__(self, pid: int, status_fd: int, release: Callable[[int], None]) -> None:
         self.pid = pid
-        #: Readable once the fork server reaped the worker (or died itself).
+        #: Readable once the worker ended (or the fork server died).
         self.sentinel = status_fd
+        self._release = release
         self._exitcode: int | None = None
         self._closer = weakref.finalize(self, _close_fd, status_fd)
 
+    def ended(self) -> bool:
+        """True once the worker has ended, without reaping it: its pid stays reserved."""
+        return self._exitcode is not None or (self._closer.alive and _readable(self.sentinel, 0))
+
     @property
     def exitcode(self) -> int | None:
+        """The exit code once it ended; reading it has the worker reaped (its pid is free after)."""
         if self._exitcode is None and self._closer.alive and _readable(self.sentinel, 0):
             self._read_status()
         return self._exitcode
@@ -80,8 +91,12 @@ class ForkedProcess:
             data = os.read(self.sentinel, _STATUS.size)
         except OSError:
             data = b""
-        # No status at all: the fork server died, and the kernel killed its workers with it.
-        self._exitcode = _STATUS.unpack(data)[0] if len(data) == _STATUS.size else -signal.SIGKILL
+        self._closer()
+        if len(data) == _STATUS.size:
+            self._exitcode = _STATUS.unpack(data)[0]
+            self._release(self.pid)
+        else:  # no status: the fork server died, and the kernel killed its workers with it
+            self._exitcode = -signal.SIGKILL
 
     def join(self, timeout: float | None = None) -> None:
         if self._exitcode is None and self._closer.alive and _readable(self.sentinel, timeout):
@@ -91,16 +106,20 @@ class ForkedProcess:
         return self.exitcode is None
 
     def kill(self) -> None:
-        if self.exitcode is None:  # once reaped, the pid may belong to someone else
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
+        self._signal(signal.SIGKILL)
 
     def terminate(self) -> None:
-        if self.exitcode is None:
+        self._signal(signal.SIGTERM)
+
+    def _signal(self, signum: int) -> None:
+        if self._exitcode is None:  # not reaped yet: the pid is still the worker's (or its zombie's)
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGTERM)
+                os.kill(self.pid, signum)
 
     def close(self) -> None:
+        """Done with it: have it reaped if it ended, and close the sentinel."""
+        if self._exitcode is None and self._closer.alive and _readable(self.sentinel, 0):
+            self._read_status()
         self._closer()
 
     def __repr__(self) -> str:
@@ -133,7 +152,7 @@ class ForkServer:
         # worker's collector writes to those pages, so they stay shared (PSS stays flat).
         gc.collect()
         gc.freeze()
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         threads = threading.active_count()
         supervisor_pid = os.getpid()
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED)
@@ -180,7 +199,9 @@ class ForkServer:
         status_r, status_w = os.pipe()
         try:
             socket.send_fds(control, [b"S"], [child_end.fileno(), status_w])
-            answer = _recv_exactly(control, _PID.size)
+            answer = control.recv(_PID.size)
+            if len(answer) != _PID.size:
+                raise EOFError("the fork server closed its control socket")
         except BaseException:
             os.close(status_r)
             parent_end.close()
@@ -193,7 +214,15 @@ class ForkServer:
             os.close(status_r)
             parent_end.close()
             raise OSError(-pid, f"the fork server could not fork a worker: {os.strerror(-pid)}")
-        return ForkedProcess(pid, status_r), Connection(parent_end.detach())
+        return ForkedProcess(pid, status_r, self._reap), Connection(parent_end.detach())
+
+    def _reap(self, pid: int) -> None:
+        """Have an ended worker reaped (its exit code was read): its pid is free from here on."""
+        with self._lock:
+            control = self._control
+            if control is not None:
+                with contextlib.suppress(OSError):
+                    control.send(b"R" + _PID.pack(pid))
 
     def close(self) -> None:
         """Close the control socket: the server leaves (and takes any worker left with it)."""
@@ -229,28 +258,37 @@ def _serve(control: socket.socket, main: WorkerMain, spec: Any, supervisor_pid: 
     selector = selectors.DefaultSelector()
     selector.register(control, selectors.EVENT_READ, "control")
     selector.register(wake_r, selectors.EVENT_READ, "wake")
-    #: pid -> the write end of that worker's status pipe
+    #: pid -> the write end of that worker's status pipe, for workers still running
     statuses: dict[int, int] = {}
+    #: workers that ended and were reported, not reaped yet (their pids stay reserved)
+    ended: set[int] = set()
     own_fds = {control.fileno(), wake_r, wake_w}
     while True:
         for key, _ in selector.select():
             if key.data == "wake":
                 with contextlib.suppress(BlockingIOError, InterruptedError):
                     os.read(wake_r, 512)
-                _reap(statuses)
+                _report_ended(statuses, ended)
                 continue
             try:
-                message, fds, _, _ = socket.recv_fds(control, 1, 2)
+                message, fds, _, _ = socket.recv_fds(control, 1 + _PID.size, 2)
             except InterruptedError:
                 continue
             except OSError:
                 message, fds = b"", []
             if not message:
                 return 0  # the supervisor closed the socket (or died): the kernel kills our workers
-            if len(fds) != 2:
+            if message[:1] == b"R":
+                pid = _PID.unpack(message[1:])[0] if len(message) == 1 + _PID.size else 0
+                if pid in ended:
+                    ended.discard(pid)
+                    with contextlib.suppress(ChildProcessError):
+                        os.waitpid(pid, 0)
+                continue
+            if message != b"S" or len(fds) != 2:
                 for fd in fds:
                     os.close(fd)
-                control.sendall(_PID.pack(-errno.EINVAL))
+                control.send(_PID.pack(-errno.EINVAL))
                 continue
             conn_fd, status_w = fds
             pid = _fork_worker(main, spec, conn_fd, own_fds | set(statuses.values()) | {status_w}, selector,
@@ -260,8 +298,8 @@ def _serve(control: socket.socket, main: WorkerMain, spec: Any, supervisor_pid: 
                 os.close(status_w)
             else:
                 statuses[pid] = status_w
-            control.sendall(_PID.pack(pid))
-            _reap(statuses)  # a SIGCHLD that came while we forked
+            control.send(_PID.pack(pid))
+            _report_ended(statuses, ended)  # a SIGCHLD that came while we forked
 
 
 def _fork_worker(main: WorkerMain, spec: Any, conn_fd: int, close_in_child: set[int],
@@ -317,23 +355,31 @@ def _run_worker(main: WorkerMain, spec: Any, conn_fd: int, parent_pid: int) -> i
     return code
 
 
-def _reap(statuses: dict[int, int]) -> None:
-    """Collect every exited worker and write its exit code to its status pipe."""
-    while statuses:
+def _report_ended(statuses: dict[int, int], ended: set[int]) -> None:
+    """Write the exit code of every worker that ended to its status pipe, without reaping it."""
+    for pid in list(statuses):
         try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+            info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         except ChildProcessError:
-            return
-        except InterruptedError:
+            info = None
+            code: int | None = -signal.SIGKILL  # cannot happen: only we reap our children
+        else:
+            code = None if info is None else _exit_code(info)
+        if code is None:
             continue
-        if pid == 0:
-            return
-        status_w = statuses.pop(pid, None)
-        if status_w is None:
-            continue
+        status_w = statuses.pop(pid)
         with contextlib.suppress(OSError):
-            os.write(status_w, _STATUS.pack(os.waitstatus_to_exitcode(status)))
+            os.write(status_w, _STATUS.pack(code))
         os.close(status_w)
+        if info is not None:
+            ended.add(pid)
+
+
+def _exit_code(info: os.waitid_result) -> int:
+    """``multiprocessing``'s convention: the exit status, or ``-N`` for a death by signal N."""
+    if info.si_code == os.CLD_EXITED:
+        return info.si_status
+    return -info.si_status
 
 
 def _die_with_parent(parent_pid: int) -> bool:
@@ -357,16 +403,6 @@ def _readable(fd: int, timeout: float | None) -> bool:
         return bool(poller.poll(None if timeout is None else max(0, int(timeout * 1000))))
     except InterruptedError:
         return False
-
-
-def _recv_exactly(sock: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise EOFError("the fork server closed its control socket")
-        data += chunk
-    return data
 
 
 def _close_fd(fd: int) -> None:
