@@ -1,14 +1,22 @@
 """Finding boefjes in OpenKAT's plugin layout, and registering plain callables.
 
 Discovery only reads ``boefje.json`` files, so start-up stays cheap however big the tree; a
-boefje's ``main.py`` is imported on first use, once per process (a warm worker must not pay an
-import per task), by :mod:`boefje_runtime._plugin_import`. One broken plugin never hides the
-others: it is logged, kept in ``registry.errors``, and a task asking for it fails with that message.
+boefje's ``main.py`` is imported once per process (a warm worker must not pay an import per task),
+by :mod:`boefje_runtime._plugin_import`. One broken plugin never hides the others: it is logged,
+kept in ``registry.errors``, and a task asking for it fails with that message.
+
+Discovery stays in its folder. The default plugin folder is the working directory, and importing a
+``main.py`` runs it: a worker started from a home or temp folder must not run other projects'
+code. So the walk skips hidden folders, virtual environments (a ``pyvenv.cfg``), ``site-packages``,
+``dist-packages``, ``node_modules`` and ``__pycache__``, symlinks leading out of the folder, and
+anything deeper than :data:`MAX_DEPTH`. And when a folder holds more than
+:data:`EAGER_IMPORT_LIMIT` boefjes, a worker imports each only when a task asks for it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import logging
 import os
@@ -26,8 +34,25 @@ logger = logging.getLogger("boefje_runtime.plugins")
 
 DEFINITION_FILE = "boefje.json"
 ENTRYPOINT = "main.py"
-_SKIPPED_DIRS = frozenset({"__pycache__", "node_modules"})
+#: Folders never searched, wherever they are: installed packages and caches, not boefjes to run.
+_SKIPPED_DIRS = frozenset({"__pycache__", "node_modules", "site-packages", "dist-packages"})
+#: How many folders below the plugin folder a ``boefje.json`` may be. OpenKAT's layout puts boefjes
+#: 3 deep (``boefjes/plugins/kat_nmap``); 6 leaves room for any image's layout while a walk started
+#: in a home folder does not descend into every project's source tree.
+MAX_DEPTH = 6
+#: Up to this many discovered boefjes, a worker imports them all at start, so a broken one shows at
+#: boot and the first task pays no import. Above it (a whole collection, or a folder that is not an
+#: image's plugin folder), a worker imports only what its tasks ask for: no code runs that no task
+#: needs, and a worker does not hold every boefje's imports in memory.
+EAGER_IMPORT_LIMIT = 20
 _ID_GUESS = re.compile(r'"id"\s*:\s*"([^"\\]+)"')
+
+
+class ImportMode(enum.Enum):
+    """When a worker imports the discovered boefjes (see :data:`EAGER_IMPORT_LIMIT`)."""
+
+    AT_START = "at start"
+    ON_FIRST_USE = "on first use"
 
 
 @dataclass(frozen=True)
@@ -88,28 +113,46 @@ class BoefjeRegistry:
     """The boefjes this process can run: discovered folders plus registered callables.
 
     Build one with :meth:`discover` (or ``BoefjeRegistry()`` and :meth:`register`), call
-    :meth:`load_all` at worker start so import errors show at boot, and :meth:`find` per task.
-    A Boefje holds its imported module: pass boefje ids between processes, not Boefje objects.
+    :meth:`load_all` at worker start (it imports as :attr:`import_mode` says), and :meth:`find` per
+    task. A Boefje holds its imported module: pass boefje ids between processes, not Boefje objects.
     """
 
-    def __init__(self, *, root: str | Path | None = None) -> None:
+    def __init__(self, *, root: str | Path | None = None, eager_limit: int = EAGER_IMPORT_LIMIT) -> None:
         self.root = None if root is None else Path(root).absolute()
+        self.eager_limit = eager_limit
         self.errors: list[PluginProblem] = []
         self._discovered: dict[str, Boefje] = {}
         self._registered: dict[str, Boefje] = {}
         self._broken: dict[str, str] = {}  # boefje id (as far as it could be read) -> problem
 
     @classmethod
-    def discover(cls, root: str | Path = ".") -> BoefjeRegistry:
-        """Find every folder under ``root`` holding a ``boefje.json``; imports nothing yet."""
-        registry = cls(root=root)
+    def discover(cls, root: str | Path = ".", *, max_depth: int = MAX_DEPTH,
+                 eager_limit: int = EAGER_IMPORT_LIMIT) -> BoefjeRegistry:
+        """Find the folders under ``root`` holding a ``boefje.json`` (see the module docstring for
+        what is skipped); imports nothing yet. Logs :meth:`summary`: a worker's start-up line."""
+        registry = cls(root=root, eager_limit=eager_limit)
         top = Path(root).absolute()
         if not top.is_dir():
             logger.warning("Plugin folder %s is not a directory: no boefjes there", top)
-        for folder in _walk(top):
+        for folder in _walk(top, max_depth):
             registry._add_folder(folder)
-        logger.info("Found %d boefjes under %s (%d broken)", len(registry._discovered), top, len(registry.errors))
+        logger.log(logging.INFO if registry._discovered else logging.WARNING, "%s", registry.summary())
         return registry
+
+    @property
+    def import_mode(self) -> ImportMode:
+        """When :meth:`load_all` imports the discovered boefjes: decided by how many there are."""
+        return ImportMode.AT_START if len(self._discovered) <= self.eager_limit else ImportMode.ON_FIRST_USE
+
+    def summary(self) -> str:
+        """One line for a worker's start-up: the folder, how many boefjes, and when they are imported."""
+        count = len(self._discovered)
+        found = f"Found {count} boefje{'' if count == 1 else 's'} under {self.root} ({len(self.errors)} broken)"
+        if not count:
+            return f"{found}: a task for a boefje that is not registered in code will fail"
+        if self.import_mode is ImportMode.AT_START:
+            return f"{found}; each worker imports them at start"
+        return f"{found}; more than {self.eager_limit}, so each is imported when a task first asks for it"
 
     def register(self, boefje_id: str, func: RunFunction, *, version: str | None = None,
                  oci_image: str | None = None, name: str | None = None) -> Boefje:
@@ -162,8 +205,12 @@ class BoefjeRegistry:
             f"{': ' + shown if ids else ''}{broken}"
         )
 
-    def load_all(self) -> list[PluginProblem]:
-        """Import every boefje now; returns the problems this found (also added to ``errors``)."""
+    def load_all(self, mode: ImportMode | None = None) -> list[PluginProblem]:
+        """Import the boefjes a worker imports at start; returns the problems this found (also added
+        to ``errors``). ``mode`` defaults to :attr:`import_mode`: every boefje when there are at most
+        ``eager_limit`` of them, none otherwise (then :meth:`Boefje.load` imports each on first use)."""
+        if (mode or self.import_mode) is ImportMode.ON_FIRST_USE:
+            return []
         before = len(self.errors)
         for boefje in self.boefjes.values():
             with contextlib.suppress(PluginError):  # recorded and logged by the loader
@@ -239,12 +286,17 @@ def _boefje_from_json(meta: Any, folder: Path) -> Boefje:
     return Boefje(boefje_id, path=folder, **values)
 
 
-def _walk(root: Path) -> Iterator[Path]:
-    """Folders holding a boefje.json, depth first in name order (so the first of a duplicate is stable)."""
+def _walk(root: Path, max_depth: int = MAX_DEPTH) -> Iterator[Path]:
+    """Folders holding a boefje.json, depth first in name order (so the first of a duplicate is stable).
+
+    ``root`` itself is depth 0 and is searched whatever it is (the user named it); below it, the
+    folders of the module docstring are skipped, and nothing deeper than ``max_depth`` is read.
+    """
+    real_root = os.path.realpath(root)
     seen: set[tuple[int, int]] = set()  # (device, inode): a symlink loop is visited once
-    stack = [root]
+    stack = [(root, 0)]
     while stack:
-        folder = stack.pop()
+        folder, depth = stack.pop()
         try:
             stat = folder.stat()
             entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
@@ -254,17 +306,28 @@ def _walk(root: Path) -> Iterator[Path]:
             continue
         seen.add((stat.st_dev, stat.st_ino))
         names = {entry.name for entry in entries}
-        if "pyvenv.cfg" in names and folder != root:
-            continue
+        if "pyvenv.cfg" in names and depth:
+            continue  # a virtual environment: its packages are installed code, not boefjes
         if DEFINITION_FILE in names:
             yield folder
-        subdirs = [Path(e.path) for e in entries if not e.name.startswith(".") and e.name not in _SKIPPED_DIRS
-                   and _is_dir(e)]
-        stack.extend(reversed(subdirs))
+        if depth < max_depth:
+            subdirs = [Path(e.path) for e in entries if _searched(e, real_root)]
+            stack.extend((subdir, depth + 1) for subdir in reversed(subdirs))
 
 
-def _is_dir(entry: os.DirEntry) -> bool:
+def _searched(entry: os.DirEntry, real_root: str) -> bool:
+    """Whether discovery looks inside this entry of a searched folder."""
+    if entry.name.startswith(".") or entry.name in _SKIPPED_DIRS:
+        return False
     try:
-        return entry.is_dir()
+        if not entry.is_dir():
+            return False
+        if not entry.is_symlink():
+            return True  # below a searched folder, so inside the root
     except OSError:
         return False
+    target = os.path.realpath(entry.path)
+    if target == real_root or target.startswith(real_root.rstrip(os.sep) + os.sep):
+        return True
+    logger.warning("Not searching %s for boefjes: it links to %s, outside the plugin folder", entry.path, target)
+    return False

@@ -15,7 +15,14 @@ from pathlib import Path
 import pytest
 
 from boefje_runtime.errors import BoefjeNotFound, BoefjeRuntimeError, PluginError
-from boefje_runtime.plugins import Boefje, BoefjeRegistry, PluginProblem
+from boefje_runtime.plugins import (
+    EAGER_IMPORT_LIMIT,
+    MAX_DEPTH,
+    Boefje,
+    BoefjeRegistry,
+    ImportMode,
+    PluginProblem,
+)
 
 from .helpers import write_plugin
 
@@ -72,6 +79,66 @@ def test_load_all_imports_every_boefje_up_front(tree):
     assert {"boefjes.plugins.kat_alpha.main", "boefjes.plugins.kat_env.main"} <= set(sys.modules)
 
 
+def _counted_boefjes(root: Path, count: int) -> None:
+    """``count`` boefjes whose import appends their id to root/imports.log."""
+    for i in range(count):
+        code = f"""
+            with open({str(root / "imports.log")!r}, "a") as log:
+                log.write("b{i}\\n")
+
+            def run(boefje_meta):
+                return []
+        """
+        write_plugin(root / f"b{i}", code, id=f"b{i}")
+
+
+def _imported(root: Path) -> list[str]:
+    log = root / "imports.log"
+    return sorted(log.read_text().split()) if log.exists() else []
+
+
+def test_up_to_the_eager_limit_every_boefje_is_imported_at_start(tmp_path):
+    _counted_boefjes(tmp_path, EAGER_IMPORT_LIMIT)
+    registry = BoefjeRegistry.discover(tmp_path)
+
+    assert registry.import_mode is ImportMode.AT_START
+    assert registry.load_all() == []
+    assert len(_imported(tmp_path)) == EAGER_IMPORT_LIMIT
+
+
+def test_above_the_eager_limit_a_boefje_is_imported_when_a_task_asks_for_it(tmp_path):
+    _counted_boefjes(tmp_path, EAGER_IMPORT_LIMIT + 1)
+    registry = BoefjeRegistry.discover(tmp_path)
+
+    assert registry.import_mode is ImportMode.ON_FIRST_USE
+    assert registry.load_all() == []
+    assert _imported(tmp_path) == []
+    assert registry.find("b3").load()(META) == []
+    assert _imported(tmp_path) == ["b3"]
+    registry.load_all(ImportMode.AT_START)  # asked for explicitly: everything
+    assert len(_imported(tmp_path)) == EAGER_IMPORT_LIMIT + 1
+
+
+@pytest.mark.parametrize(
+    ("count", "summary"),
+    [
+        (0, "Found 0 boefjes under {root} (0 broken): a task for a boefje that is not registered in code will fail"),
+        (1, "Found 1 boefje under {root} (0 broken); each worker imports them at start"),
+        (EAGER_IMPORT_LIMIT + 1, f"Found {EAGER_IMPORT_LIMIT + 1} boefjes under {{root}} (0 broken); more than "
+                                 f"{EAGER_IMPORT_LIMIT}, so each is imported when a task first asks for it"),
+    ],
+)
+def test_discovery_logs_the_folder_how_many_it_found_and_when_they_are_imported(tmp_path, caplog, count, summary):
+    caplog.set_level(logging.INFO, logger="boefje_runtime.plugins")
+    _counted_boefjes(tmp_path, count)
+
+    registry = BoefjeRegistry.discover(tmp_path)
+
+    assert registry.summary() == summary.format(root=tmp_path)
+    [record] = [r for r in caplog.records if r.getMessage() == registry.summary()]
+    assert record.levelno == (logging.WARNING if count == 0 else logging.INFO)
+
+
 def test_root_is_put_on_sys_path_once(tree):
     root = tree("openkat")
     registry = BoefjeRegistry.discover(root)
@@ -118,17 +185,52 @@ def _write_boefje(folder: Path, boefje_id: str) -> None:
     write_plugin(folder, "def run(boefje_meta):\n    return []\n", id=boefje_id)
 
 
-def test_skips_hidden_folders_caches_node_modules_and_virtualenvs(tmp_path):
+def test_skips_hidden_folders_caches_installed_packages_and_virtualenvs(tmp_path):
     _write_boefje(tmp_path / "plugins" / "kept", "kept")
     _write_boefje(tmp_path / ".git" / "hidden", "hidden")
     _write_boefje(tmp_path / "plugins" / "__pycache__" / "cached", "cached")
     _write_boefje(tmp_path / "web" / "node_modules" / "npm", "npm")
     _write_boefje(tmp_path / "venv" / "lib" / "site", "venv-boefje")
     (tmp_path / "venv" / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    # Installed packages outside a virtual environment (a system or --target install): no pyvenv.cfg.
+    _write_boefje(tmp_path / "usr" / "lib" / "python3.11" / "site-packages" / "pkg", "site-boefje")
+    _write_boefje(tmp_path / "usr" / "lib" / "python3" / "dist-packages" / "pkg", "dist-boefje")
 
     registry = BoefjeRegistry.discover(tmp_path)
 
     assert list(registry.boefjes) == ["kept"]
+
+
+def test_the_plugin_folder_itself_is_searched_even_when_it_is_a_virtualenv(tmp_path):
+    """The user named it: only folders below it are judged."""
+    (tmp_path / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    _write_boefje(tmp_path / "kept", "kept")
+
+    assert list(BoefjeRegistry.discover(tmp_path).boefjes) == ["kept"]
+
+
+def test_discovery_reads_at_most_max_depth_folders_down(tmp_path):
+    assert MAX_DEPTH == 6  # documented in README and SECURITY.md
+    _write_boefje(tmp_path.joinpath(*"abcde", "at-limit"), "at-limit")  # 6 folders below the root
+    _write_boefje(tmp_path.joinpath(*"abcdef", "too-deep"), "too-deep")  # 7
+    _write_boefje(tmp_path, "root-itself")  # depth 0: PLUGIN_DIR may be the boefje's own folder
+
+    assert sorted(BoefjeRegistry.discover(tmp_path).boefjes) == ["at-limit", "root-itself"]
+    assert sorted(BoefjeRegistry.discover(tmp_path, max_depth=1).boefjes) == ["root-itself"]
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symlinks")
+def test_symlinks_out_of_the_plugin_folder_are_not_followed(tmp_path, caplog):
+    root, outside = tmp_path / "plugins", tmp_path / "elsewhere"
+    _write_boefje(root / "real", "real")
+    _write_boefje(outside / "stranger", "stranger")
+    (root / "link-out").symlink_to(outside, target_is_directory=True)
+    (root / "link-in").symlink_to(root / "real", target_is_directory=True)  # inside: fine (found once)
+
+    registry = BoefjeRegistry.discover(root)
+
+    assert list(registry.boefjes) == ["real"]
+    assert f"Not searching {root / 'link-out'} for boefjes: it links to {outside}" in caplog.text
 
 
 @pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symlinks")
