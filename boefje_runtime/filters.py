@@ -21,10 +21,15 @@ _MISSING = object()
 
 @lru_cache(maxsize=256)
 def _compile_like(pattern: str, flags: int) -> re.Pattern[str]:
-    """SQL LIKE: ``%`` is any run, ``_`` one character, everything else literal."""
+    """SQL LIKE as Postgres reads it: ``%`` is any run, ``_`` one character, a backslash makes the
+    next character literal (Postgres's default escape), everything else is literal."""
     parts = []
-    for char in pattern:
-        parts.append(".*" if char == "%" else "." if char == "_" else re.escape(char))
+    chars = iter(pattern)
+    for char in chars:
+        if char == "\\":
+            parts.append(re.escape(next(chars, "\\")))
+        else:
+            parts.append(".*" if char == "%" else "." if char == "_" else re.escape(char))
     return re.compile("".join(parts), flags | re.DOTALL)
 
 
@@ -49,8 +54,8 @@ def _in(value: Any, target: Any) -> bool:
 
 
 def _contains(value: Any, target: Any) -> bool:
-    if isinstance(value, str):
-        return isinstance(target, str) and target in value
+    if isinstance(value, str):  # SQLAlchemy's contains(): LIKE '%' || target || '%', wildcards live
+        return isinstance(target, str) and _like(value, f"%{target}%")
     if isinstance(value, list):
         wanted = target if isinstance(target, list) else [target]
         return all(item in value for item in wanted)
@@ -77,8 +82,14 @@ OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
     "in": _in,
     "not_in": lambda v, t: isinstance(t, (list, tuple)) and v not in t,
     "contains": _contains,
-    "starts_with": lambda v, t: isinstance(v, str) and isinstance(t, str) and v.startswith(t),
+    # SQLAlchemy's startswith(): LIKE target || '%', so % and _ in the target are wildcards too.
+    "starts_with": lambda v, t: isinstance(t, str) and _like(v, f"{t}%"),
 }
+
+#: The operators that say something about null. Any other comparison with null (a missing step
+#: included) is unknown in SQL, and so is its negation: the scheduler pops a task only when the
+#: whole condition is true.
+NULL_AWARE = frozenset({"is", "is_not", "is_null", "is_not_null"})
 
 
 def _lookup(task: Mapping[str, Any], column: str, field: str | None) -> Any:
@@ -126,27 +137,59 @@ def check_filters(filters: Any, path: str = "filters") -> None:
             check_filter(item, f"{path}.{key}[{i}]")
 
 
-def _holds(item: Mapping[str, Any], task: Mapping[str, Any]) -> bool:
+def _holds(item: Mapping[str, Any], task: Mapping[str, Any]) -> bool | None:
+    """True, False, or None for SQL's unknown (a comparison with null)."""
     value = _lookup(task, item["column"], item.get("field"))
-    return OPERATORS[item.get("operator", "eq")](value, item.get("value"))
+    name = item.get("operator", "eq")
+    if value is None and name not in NULL_AWARE:
+        return None
+    return OPERATORS[name](value, item.get("value"))
 
 
-def evaluate(filters: Any, task: Mapping[str, Any]) -> bool:
-    """Does ``task`` (a JSON dict) satisfy ``filters``? A list means all must hold.
+def _all(results: Iterable[bool | None]) -> bool | None:
+    """SQL AND: false wins, then unknown."""
+    unknown = False
+    for result in results:
+        if result is False:
+            return False
+        unknown = unknown or result is None
+    return None if unknown else True
 
-    The object form follows the scheduler: every ``and`` holds, at least one ``or`` holds (when any
-    are given), and no ``not`` holds.
-    """
+
+def _any(results: Iterable[bool | None]) -> bool | None:
+    """SQL OR: true wins, then unknown."""
+    unknown = False
+    for result in results:
+        if result is True:
+            return True
+        unknown = unknown or result is None
+    return None if unknown else False
+
+
+def _truth(filters: Any, task: Mapping[str, Any]) -> bool | None:
     if not filters:
         return True
     if isinstance(filters, list):
-        return all(_holds(item, task) for item in filters)
+        return _all(_holds(item, task) for item in filters)
     ands, ors, nots = filters.get("and") or [], filters.get("or") or [], filters.get("not") or []
-    return (
-        all(_holds(item, task) for item in ands)
-        and (not ors or any(_holds(item, task) for item in ors))
-        and not any(_holds(item, task) for item in nots)
-    )
+    parts = [_all(_holds(item, task) for item in ands)]
+    if ors:
+        parts.append(_any(_holds(item, task) for item in ors))
+    if nots:
+        matched = _any(_holds(item, task) for item in nots)
+        parts.append(None if matched is None else not matched)
+    return _all(parts)
+
+
+def evaluate(filters: Any, task: Mapping[str, Any]) -> bool:
+    """Does ``task`` (a JSON dict) satisfy ``filters``, as the scheduler's SQL decides? A list means
+    all must hold.
+
+    The object form follows the scheduler: every ``and`` holds, at least one ``or`` holds (when any
+    are given), and no ``not`` holds. As in SQL, a comparison with null is unknown, not false, so
+    ``!=``, ``not_in`` and ``not`` do not match a task whose field is missing or null.
+    """
+    return _truth(filters, task) is True
 
 
 @dataclass(frozen=True)
