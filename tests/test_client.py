@@ -368,6 +368,7 @@ def test_pop_of_an_empty_queue_is_an_empty_list(boefje_api, client):
     assert boefje_api.request_counts() == {"pop": 2}
 
 
+@pytest.mark.boefje_api(pop_mode="limit")
 def test_pop_applies_the_filter_and_the_limit(boefje_api, client):
     other = queued_task(boefje_api, oci_image="ghcr.io/minvws/openkat/nmap:latest")
     first, second, third = (queued_task(boefje_api, oci_image=IMAGE) for _ in range(3))
@@ -416,6 +417,7 @@ def test_push_sends_a_task_back_field_for_field(boefje_api, client):
     assert boefje_api.task(task["id"]) == task
 
 
+@pytest.mark.boefje_api(strip_dedup_keys=False)
 def test_push_of_a_popped_task_sends_exactly_what_was_received(boefje_api, client):
     original = make_task(
         deduplication_key="dedup-1",
@@ -829,6 +831,7 @@ def test_a_task_that_is_not_an_object_is_returned_raw_by_pop_raw_and_refused_by_
     assert raised.value.path == "pop[0]"
 
 
+@pytest.mark.boefje_api(pop_mode="limit")
 def test_a_malformed_task_is_named_by_its_index(boefje_api, client):
     good, bad = make_task(), make_task()
     del bad["data"]["boefje"]

@@ -146,7 +146,9 @@ def test_pop_dispatches_and_answers_the_task_as_it_was(boefje_api, http):
     second = pop(http, boefje_api)
 
     assert first.status_code == 200
-    assert first.json() == [task], "the answer is the task as stored before dispatching, unknown fields and all"
+    handed_out = {name: value for name, value in task.items() if name != "deduplication_key"}
+    assert first.json() == [handed_out], "the task as stored before dispatching, unknown fields and all, but the key"
+    assert boefje_api.task(task["id"])["deduplication_key"] == "k", "the scheduler keeps the key"
     assert first.json()[0]["status"] == "queued"
     assert boefje_api.status(task["id"]) == "dispatched"
     assert boefje_api.history(task["id"]) == ["queued", "dispatched"]
@@ -154,6 +156,7 @@ def test_pop_dispatches_and_answers_the_task_as_it_was(boefje_api, http):
     assert boefje_api.queued_count() == 0
 
 
+@pytest.mark.boefje_api(pop_mode="limit")
 def test_pop_takes_lower_priority_numbers_first_then_enqueue_order(boefje_api, http):
     ids = boefje_api.enqueue([make_task(priority=p, task_id=f"t{i}-p{p}") for i, p in enumerate([3, 1, 2, 1, 3])])
 
@@ -163,6 +166,7 @@ def test_pop_takes_lower_priority_numbers_first_then_enqueue_order(boefje_api, h
     assert sorted(popped) == sorted(ids)
 
 
+@pytest.mark.boefje_api(pop_mode="limit")
 def test_pop_applies_the_filter_and_the_limit(boefje_api, http):
     wanted = boefje_api.enqueue([make_task("a", oci_image="img:a") for _ in range(3)])
     other = boefje_api.enqueue(make_task("b", oci_image="img:b"))
@@ -236,6 +240,65 @@ def test_pop_can_answer_in_the_schedulers_envelope(boefje_api, http):
     assert answer["count"] == 1
 
 
+def test_mula_mode_answers_the_first_key_group_before_older_tasks_without_a_key(boefje_api, http):
+    """mula's pop_boefje: a key group (priority, then age) beats keyless tasks queued before it."""
+    old = make_task("c", oci_image="img", task_id="old-no-key", priority=1)
+    b1 = make_task("b", oci_image="img", deduplication_key="kb", task_id="b1", priority=3)
+    a1 = make_task("a", oci_image="img", deduplication_key="ka", task_id="a1", priority=2)
+    other_image = make_task("a", oci_image="other", deduplication_key="ka", task_id="x", priority=2)
+    a2 = make_task("a", oci_image="img", deduplication_key="ka", task_id="a2", priority=4)
+    b2 = make_task("b", oci_image="img", deduplication_key="kb", task_id="b2", priority=3)
+    boefje_api.enqueue([old, b1, a1, other_image, a2, b2])
+    mine = TaskFilter("img").filters()
+
+    groups = [[task["id"] for task in pop(http, boefje_api, limit=10, filters=mine).json()] for _ in range(4)]
+
+    assert groups == [["a1", "a2"], ["b1", "b2"], ["old-no-key"], []]
+    assert boefje_api.status("x") == "queued"
+
+
+def test_mula_mode_answers_one_task_without_keys_whatever_the_limit(boefje_api, http):
+    ids = boefje_api.enqueue([make_task() for _ in range(3)])
+
+    answers = [[task["id"] for task in pop(http, boefje_api, limit=10).json()] for _ in range(4)]
+
+    assert answers == [[ids[0]], [ids[1]], [ids[2]], []]
+
+
+def test_mula_mode_honours_the_limit_within_a_group_and_reads_the_key_in_data_too(boefje_api, http):
+    in_data = [make_task(task_id=f"d{i}") for i in range(3)]
+    for task in in_data:
+        task["data"]["deduplication_key"] = "k"
+    boefje_api.enqueue([make_task(task_id="no-key"), *in_data])
+
+    first, second = pop(http, boefje_api, limit=2).json(), pop(http, boefje_api, limit=2).json()
+
+    assert [task["id"] for task in first] == ["d0", "d1"]
+    assert [task["id"] for task in second] == ["d2"]
+
+
+def test_mula_mode_hands_tasks_out_without_their_keys_as_the_boefje_api_does(boefje_api, http):
+    task = make_task(deduplication_key="top")
+    task["data"]["deduplication_key"] = "in-data"
+    boefje_api.enqueue(task)
+
+    [handed_out] = pop(http, boefje_api).json()
+
+    assert "deduplication_key" not in handed_out and "deduplication_key" not in handed_out["data"]
+    assert handed_out["data"]["boefje"] == task["data"]["boefje"]
+    stored = boefje_api.task(task["id"])
+    assert (stored["deduplication_key"], stored["data"]["deduplication_key"]) == ("top", "in-data")
+
+
+@pytest.mark.boefje_api(strip_dedup_keys=False)
+def test_mula_mode_can_leave_the_keys_visible(boefje_api, http):
+    boefje_api.enqueue([make_task(deduplication_key="k", task_id=f"t{i}") for i in range(2)])
+
+    answer = pop(http, boefje_api, limit=5).json()
+
+    assert [(task["id"], task["deduplication_key"]) for task in answer] == [("t0", "k"), ("t1", "k")]
+
+
 @pytest.mark.boefje_api(pop_mode="dedup")
 def test_dedup_mode_answers_a_group_sharing_the_first_tasks_key(boefje_api, http):
     a1 = make_task("a", oci_image="img", deduplication_key="k1", task_id="a1")
@@ -298,6 +361,7 @@ def test_concurrent_pops_hand_out_each_task_once(boefje_api):
 # -- push ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.boefje_api(strip_dedup_keys=False)
 def test_push_puts_a_task_back_keeping_every_field(boefje_api, http):
     task_id = boefje_api.enqueue(make_task())
     popped = pop(http, boefje_api).json()[0]
@@ -324,6 +388,7 @@ def test_push_of_a_new_task_queues_it(boefje_api, http):
     assert boefje_api.history(task["id"]) == ["queued"]
 
 
+@pytest.mark.boefje_api(pop_mode="limit")
 def test_push_requeues_at_the_back_of_its_priority(boefje_api, http):
     first, second = boefje_api.enqueue([make_task(task_id="first"), make_task(task_id="second")])
     popped = pop(http, boefje_api).json()[0]
@@ -870,7 +935,7 @@ def test_example_tasks_use_the_example_boefjes_and_image():
 def test_the_fixture_is_a_started_server(boefje_api, http):
     assert isinstance(boefje_api, BoefjeAPIServer)
     assert boefje_api.running
-    assert boefje_api.pop_mode == "limit"
+    assert boefje_api.pop_mode == "mula"
     assert http.get(f"{boefje_api.url}/healthz", timeout=TIMEOUT).json() == "OK"
 
 
@@ -923,7 +988,7 @@ def read_line(stream, timeout: float) -> str:
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
 def test_the_command_serves_seeded_examples_until_signalled(http, stop_signal):
     process = subprocess.Popen(
-        [sys.executable, "-m", "boefje_runtime.testing", "--port", "0", "--seed-examples"],
+        [sys.executable, "-m", "boefje_runtime.testing", "--port", "0", "--seed-examples", "--pop-mode", "limit"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

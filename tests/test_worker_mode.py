@@ -142,6 +142,7 @@ def test_start_up_lines_are_the_seeds(boefje_api, plugin_dir, tmp_path, workers)
     )
 
 
+@pytest.mark.boefje_api(pop_mode="limit")  # prefetch takes unrelated tasks only where the limit is honoured
 def test_sigterm_pushes_back_unstarted_tasks_unchanged_and_drains_the_running_one(
     boefje_api, plugin_dir, tmp_path, workers
 ):

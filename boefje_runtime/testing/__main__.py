@@ -85,7 +85,9 @@ def _parser() -> argparse.ArgumentParser:
                        metavar="NAME=VALUE", help="the tasks' environment (the organisation's settings; repeatable)")
     tasks.add_argument("--arguments", type=_json_object, default=None, metavar="JSON",
                        help="the tasks' arguments, a JSON object")
-    parser.add_argument("--pop-mode", choices=POP_MODES, default="limit", help="what a pop with limit > 1 answers")
+    parser.add_argument(
+        "--pop-mode", choices=POP_MODES, default=POP_MODES[0], help="what a pop answers (default: mula, as OpenKAT)"
+    )
     parser.add_argument(
         "--results-envelope", action="store_true", help='answer pops as {"results": [...]} like the scheduler'
     )

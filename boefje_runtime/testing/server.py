@@ -35,16 +35,27 @@ from .transport import _bind, _HTTPServer
 __all__ = ["DEFAULT_MAX_BODY", "ENDPOINTS", "MALFORMED_BODY", "POP_MODES", "QUEUES", "STATUSES",
            "BoefjeAPIServer", "Fault", "RequestRecord"]
 
-POP_MODES = ("limit", "dedup", "single")
+#: What a pop answers; the first, ``mula``, is the real scheduler's and the default.
+POP_MODES = ("mula", "limit", "dedup", "single")
 DEFAULT_MAX_BODY = 256 * 1024 * 1024
 
 
 class BoefjeAPIServer(TaskAssertions):
     """The test Boefje API. Use as ``with BoefjeAPIServer() as api:`` or ``start()`` / ``stop()``.
 
-    ``pop_mode`` decides what a pop with ``limit > 1`` answers: ``"limit"`` up to ``limit`` matching
-    tasks; ``"dedup"`` like OpenKAT's scheduler, the first matching task plus queued matching tasks
-    sharing its top-level ``deduplication_key``; ``"single"`` one task at most, whatever the limit.
+    ``pop_mode`` decides what a pop answers (protocol.md, "Filters on pop"):
+
+    - ``"mula"`` (default), as OpenKAT's scheduler (mula's ``pop_boefje``): when any matching task
+      has a ``deduplication_key`` (top-level or in ``data``), the tasks sharing the first such key
+      (queue order), up to ``limit``, even when keyless tasks are older; otherwise exactly one task,
+      whatever the limit. Like OpenKAT's Boefje API, the answer lacks the keys, unless
+      ``strip_dedup_keys=False``.
+    - ``"limit"``: up to ``limit`` matching tasks, related or not: a scheduler that honours the limit,
+      which a worker must not hoard from.
+    - ``"dedup"``: the first matching task plus the later ones sharing its key, keys visible (an
+      older, simpler reading of mula, kept for the tests written against it).
+    - ``"single"``: one task at most, whatever the limit.
+
     ``results_envelope`` answers pops as the scheduler does (``{"results": [...]}``) instead of
     as OpenKAT's proxy does (a list). Queue order: priority ascending, then enqueue order.
     """
@@ -54,7 +65,8 @@ class BoefjeAPIServer(TaskAssertions):
         host: str = "127.0.0.1",
         port: int = 0,
         *,
-        pop_mode: str = "limit",
+        pop_mode: str = "mula",
+        strip_dedup_keys: bool = True,
         results_envelope: bool = False,
         max_body: int = DEFAULT_MAX_BODY,
         log_size: int = 100_000,
@@ -64,6 +76,7 @@ class BoefjeAPIServer(TaskAssertions):
         self.host = host
         self._port = port
         self.pop_mode = pop_mode
+        self.strip_dedup_keys = strip_dedup_keys
         self.results_envelope = results_envelope
         self.max_body = max_body
         #: Tracebacks of bugs in the server itself (each also answered 500); tests may assert it is empty.
@@ -352,10 +365,8 @@ class BoefjeAPIServer(TaskAssertions):
     # empty pops). Bodies are checked before taking the lock: a big output never holds up the rest.
 
     def _pop(self, queue: str, limit: int, filters: Any) -> list[dict[str, Any]]:
-        if self.pop_mode == "single":
-            limit = 1
         with self._lock:
-            return self._tasks.pop(queue, limit, filters, dedup=self.pop_mode == "dedup")
+            return self._tasks.pop(queue, limit, filters, mode=self.pop_mode, strip_keys=self.strip_dedup_keys)
 
     def _push(self, queue: str, body: Any) -> dict[str, Any]:
         task = _pushed_task(body)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Mapping
+import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -33,6 +34,27 @@ class _Entry:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat()
+
+
+def _dedup_key(task: Mapping[str, Any]) -> str | None:
+    """The task's deduplication key as mula compares it (the JSON value as text), top-level or in
+    ``data`` (mula keeps it in the task's data; our factory puts it top-level); None: no key."""
+    value = task.get("deduplication_key")
+    data = task.get("data")
+    if value is None and isinstance(data, Mapping):
+        value = data.get("deduplication_key")
+    if value is None:
+        return None
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def _without_key(task: dict[str, Any]) -> dict[str, Any]:
+    """A copy of an answered task without its deduplication key, top-level or in ``data``."""
+    task.pop("deduplication_key", None)
+    data = task.get("data")
+    if isinstance(data, Mapping) and "deduplication_key" in data:
+        task["data"] = {name: value for name, value in data.items() if name != "deduplication_key"}
+    return task
 
 
 def _priority(task: Mapping[str, Any]) -> int:
@@ -94,32 +116,71 @@ class TaskStore:
 
     # -- endpoints (404 / 403 as _Reply) -----------------------------------------------------------
 
-    def pop(self, queue: str, limit: int, filters: Any, *, dedup: bool) -> list[dict[str, Any]]:
-        """Dispatch up to ``limit`` queued tasks matching ``filters``; with ``dedup``, the first one
-        plus those sharing its top-level ``deduplication_key``, like OpenKAT's scheduler."""
+    def pop(self, queue: str, limit: int, filters: Any, *, mode: str = "mula",
+            strip_keys: bool = True) -> list[dict[str, Any]]:
+        """Dispatch queued tasks matching ``filters``, chosen as ``mode`` says (see ``POP_MODES`` in
+        server.py); in ``mula`` mode with ``strip_keys``, the answer lacks the deduplication keys,
+        as OpenKAT's Boefje API hands tasks out."""
         if queue not in self.queues:
             raise _Reply(404, f"Scheduler {queue!r} not found")
-        chosen: list[str] = []
+        matching = (task_id for _, _, task_id in self.queues[queue] if evaluate(filters, self.entries[task_id].task))
+        if mode == "mula":
+            chosen = self._mula_choice(queue, limit, filters)
+        elif mode == "dedup":
+            chosen = self._first_and_its_key(matching, limit)
+        else:
+            chosen = list(itertools.islice(matching, 1 if mode == "single" else limit))
+        # Answer each task as it was before dispatching, as OpenKAT's proxy does ("queued").
+        # Shallow copies suffice: stored tasks are only ever changed at the top level.
+        answer = [dict(self.entries[task_id].task) for task_id in chosen]
+        if mode == "mula" and strip_keys:
+            answer = [_without_key(task) for task in answer]
+        for task_id in chosen:
+            self.set_status(task_id, "dispatched")
+        return answer
+
+    def _mula_choice(self, queue: str, limit: int, filters: Any) -> list[str]:
+        """mula's ``pop_boefje``: when any matching task has a deduplication key, the tasks sharing
+        the first such key (queue order), up to ``limit``, even past older keyless tasks; otherwise
+        exactly one task, whatever ``limit`` says."""
+        first: str | None = None
         key = None
         for _, _, task_id in self.queues[queue]:
             task = self.entries[task_id].task
-            if chosen and dedup and task.get("deduplication_key") != key:
-                continue
             if not evaluate(filters, task):
+                continue
+            if first is None:
+                first = task_id
+            key = _dedup_key(task)
+            if key is not None:
+                break
+        if key is None:
+            return [first] if first is not None else []
+        chosen = []
+        for _, _, task_id in self.queues[queue]:
+            task = self.entries[task_id].task
+            if _dedup_key(task) == key and evaluate(filters, task):
+                chosen.append(task_id)
+                if len(chosen) >= limit:
+                    break
+        return chosen
+
+    def _first_and_its_key(self, matching: Iterable[str], limit: int) -> list[str]:
+        """The older ``dedup`` mode: the first matching task plus later ones sharing its key."""
+        chosen: list[str] = []
+        key = None
+        for task_id in matching:
+            task_key = _dedup_key(self.entries[task_id].task)
+            if chosen and task_key != key:
                 continue
             chosen.append(task_id)
             if len(chosen) >= limit:
                 break
-            if dedup and len(chosen) == 1:
-                key = task.get("deduplication_key")
-                if not isinstance(key, str) or not key:
+            if len(chosen) == 1:
+                key = task_key
+                if key is None:
                     break  # no key: the scheduler answers a single task
-        # Answer each task as it was before dispatching, as OpenKAT's proxy does ("queued").
-        # Shallow copies suffice: stored tasks are only ever changed at the top level.
-        answer = [dict(self.entries[task_id].task) for task_id in chosen]
-        for task_id in chosen:
-            self.set_status(task_id, "dispatched")
-        return answer
+        return chosen
 
     def push(self, queue: str, task: dict[str, Any]) -> dict[str, Any]:
         if queue not in self.queues:
