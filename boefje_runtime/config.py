@@ -158,6 +158,14 @@ def _items(value: Any, split: Callable[[str], list[str]]) -> list[str]:
     return result
 
 
+def parse_images(value: Any) -> str | None:
+    """OCI images, comma-separated, from one string or several (``--oci-image a --oci-image b,c``),
+    kept as one comma-joined string (order kept, no repeats; an OCI reference holds no comma);
+    None when empty. A worker takes tasks of each, e.g. an image's old and new name during an upgrade."""
+    images = tuple(dict.fromkeys(_items(value, lambda text: text.split(","))))
+    return ",".join(images) or None
+
+
 def parse_plugins(value: Any) -> tuple[str, ...]:
     """Plugin ids: comma-separated, from one string or several (``-p a -p b,c``); order kept, no repeats."""
     return tuple(dict.fromkeys(_items(value, lambda text: text.split(","))))
@@ -271,9 +279,10 @@ SETTINGS: tuple[Setting, ...] = (
         metavar="URL",
     ),
     Setting(
-        "oci_image", "OCI_IMAGE", ("--oci-image",), _text(optional=True), None,
-        "This image's OCI id; worker mode only takes tasks for it. Required in worker mode.",
-        metavar="IMAGE",
+        "oci_image", "OCI_IMAGE", ("--oci-image",), parse_images, None,
+        "This image's OCI id; worker mode only takes tasks for it. Several (an old and a new name): repeat "
+        "the flag or separate with commas. Required in worker mode.",
+        multiple=True, metavar="IMAGE",
     ),
     Setting(
         "plugins", "PLUGINS", ("-p", "--plugins"), parse_plugins, (),
@@ -303,6 +312,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "deduplicate", "DEDUPLICATE", ("--deduplicate",), parse_bool, True,
         "Run duplicate tasks of one pop once and post the output to each.", boolean=True,
+    ),
+    Setting(
+        "dedup_group_limit", "DEDUP_GROUP_LIMIT", ("--dedup-group-limit",), _number(int, minimum=1), 32,
+        "With DEDUPLICATE: the pop limit, so a group of duplicates (one task per organisation) arrives whole; "
+        "unrelated surplus is pushed back at once.", metavar="N",
     ),
     Setting(
         "outgoing_request_timeout", "OUTGOING_REQUEST_TIMEOUT", ("--outgoing-request-timeout",),
@@ -406,7 +420,7 @@ class RuntimeConfig:
 
     #: Boefje API base URL (``BOEFJES_API``). Required in worker mode.
     boefjes_api: str | None = _default(SETTINGS_BY_NAME["boefjes_api"])
-    #: This image's OCI id (``OCI_IMAGE``). Required in worker mode.
+    #: This image's OCI id (``OCI_IMAGE``), several comma-joined; see :attr:`images`. Required in worker mode.
     oci_image: str | None = _default(SETTINGS_BY_NAME["oci_image"])
     #: Plugin ids to accept (``PLUGINS``); empty: all.
     plugins: tuple[str, ...] = _default(SETTINGS_BY_NAME["plugins"])
@@ -422,6 +436,8 @@ class RuntimeConfig:
     worker_heartbeat: float = _default(SETTINGS_BY_NAME["worker_heartbeat"])
     #: Run duplicates of one pop once (``DEDUPLICATE``); parsed properly, default true.
     deduplicate: bool = _default(SETTINGS_BY_NAME["deduplicate"])
+    #: Pop limit with deduplication on: the largest group taken whole (``DEDUP_GROUP_LIMIT``).
+    dedup_group_limit: int = _default(SETTINGS_BY_NAME["dedup_group_limit"])
     #: Timeout per Boefje API request, seconds (``OUTGOING_REQUEST_TIMEOUT``).
     outgoing_request_timeout: float = _default(SETTINGS_BY_NAME["outgoing_request_timeout"])
     #: Per-task time limit, seconds; None: none (``TASK_TIMEOUT``).
@@ -500,7 +516,7 @@ class RuntimeConfig:
     @property
     def images(self) -> tuple[str, ...]:
         """The OCI images this worker takes tasks for (the queue filter)."""
-        return (self.oci_image,) if self.oci_image else ()
+        return tuple(self.oci_image.split(",")) if self.oci_image else ()
 
     @property
     def max_output_bytes(self) -> int:
@@ -551,6 +567,7 @@ __all__ = [
     "Setting",
     "parse_bool",
     "parse_headers",
+    "parse_images",
     "parse_plugins",
     "parse_port",
     "parse_url",
