@@ -16,6 +16,7 @@ This module must stay cheap to import (``boefje-worker --help`` loads it): no cl
 from __future__ import annotations
 
 import dataclasses
+import enum
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
@@ -215,6 +216,23 @@ def parse_headers(value: Any) -> dict[str, str]:
 # -- the table ----------------------------------------------------------------------------------
 
 
+class Mode(enum.Enum):
+    """Which way of running a setting applies to (the README's "mode" column, shown by ``--help``)."""
+
+    ONE_SHOT = "one-shot"
+    WORKER = "worker"
+    BOTH = "both"
+
+    @property
+    def label(self) -> str:
+        """As ``--help`` shows it after the setting's help text."""
+        return {"one-shot": "one-shot only", "worker": "worker mode only", "both": "both modes"}[self.value]
+
+    def applies_to(self, mode: Mode) -> bool:
+        return self is Mode.BOTH or self is mode
+
+
+
 @dataclass(frozen=True)
 class Setting:
     """One row of the settings table."""
@@ -237,6 +255,8 @@ class Setting:
     secret: bool = False
     #: Shown in ``--help`` instead of the type name (e.g. ``[DEBUG|INFO|WARNING|ERROR]``).
     metavar: str | None = None
+    #: One-shot, worker mode or both: every row must say (no default, so a new row cannot forget).
+    mode: Mode = field(kw_only=True)
 
     @property
     def flag(self) -> str:
@@ -277,126 +297,160 @@ SETTINGS: tuple[Setting, ...] = (
         "boefjes_api", "BOEFJES_API", ("--boefjes-api",), parse_url, None,
         "Boefje API base URL, e.g. http://boefje:8000. Required in worker mode.",
         metavar="URL",
+        mode=Mode.BOTH,
     ),
     Setting(
         "oci_image", "OCI_IMAGE", ("--oci-image",), parse_images, None,
         "This image's OCI id; worker mode only takes tasks for it. Several (an old and a new name): repeat "
         "the flag or separate with commas. Required in worker mode.",
         multiple=True, metavar="IMAGE",
+        mode=Mode.WORKER,
     ),
     Setting(
         "plugins", "PLUGINS", ("-p", "--plugins"), parse_plugins, (),
         "Plugin ids to accept; repeat the flag or separate with commas. Default: all.",
         multiple=True, metavar="IDS",
+        mode=Mode.WORKER,
     ),
     Setting(
         "log_level", "LOG_LEVEL", ("-l", "--log-level"), _choice(LOG_LEVELS, upper=True), "INFO",
         "Log level.", metavar="[" + "|".join(LOG_LEVELS) + "]",
+        mode=Mode.BOTH,
     ),
     Setting(
         "logging_format", "LOGGING_FORMAT", ("--logging-format",), _choice(LOGGING_FORMATS, upper=False), "text",
         "Log lines as text or as JSON objects.", metavar="[" + "|".join(LOGGING_FORMATS) + "]",
+        mode=Mode.BOTH,
     ),
     Setting(
         "pool_size", "POOL_SIZE", ("--pool-size",), _number(int, minimum=1), 2,
         "Worker processes, each running one task at a time.", metavar="N",
+        mode=Mode.WORKER,
     ),
     Setting(
         "poll_interval", "POLL_INTERVAL", ("--poll-interval",), _number(float, positive=True), 10.0,
         "Longest wait between polls while the queue is empty (seconds).", metavar="SECONDS",
+        mode=Mode.WORKER,
     ),
     Setting(
         "worker_heartbeat", "WORKER_HEARTBEAT", ("--worker-heartbeat",), _number(float, positive=True), 1.0,
         "Longest the supervisor waits while every worker is busy (seconds).", metavar="SECONDS",
+        mode=Mode.WORKER,
     ),
     Setting(
         "deduplicate", "DEDUPLICATE", ("--deduplicate",), parse_bool, True,
         "Run duplicate tasks of one pop once and post the output to each.", boolean=True,
+        mode=Mode.WORKER,
     ),
     Setting(
         "dedup_group_limit", "DEDUP_GROUP_LIMIT", ("--dedup-group-limit",), _number(int, minimum=1), 32,
         "With DEDUPLICATE: the pop limit, so a group of duplicates (one task per organisation) arrives whole; "
         "unrelated surplus is pushed back at once.", metavar="N",
+        mode=Mode.WORKER,
     ),
     Setting(
         "outgoing_request_timeout", "OUTGOING_REQUEST_TIMEOUT", ("--outgoing-request-timeout",),
         _number(float, positive=True), 30.0,
         "Timeout of each Boefje API request (seconds).", metavar="SECONDS",
+        mode=Mode.BOTH,
     ),
     Setting(
         "task_timeout", "TASK_TIMEOUT", ("--task-timeout",), _number(float, positive=True, off=True), None,
         "Kill a task that runs longer than this (seconds); 0 or off: no limit.", metavar="SECONDS",
+        mode=Mode.BOTH,
     ),
     Setting(
         "max_tasks_per_child", "MAX_TASKS_PER_CHILD", ("--max-tasks-per-child",),
         _number(int, positive=True, off=True), None,
         "Replace a worker process after this many tasks; 0 or off: never.", metavar="N",
+        mode=Mode.WORKER,
     ),
     Setting(
         "max_memory_per_child", "MAX_MEMORY_PER_CHILD", ("--max-memory-per-child",),
         _number(float, positive=True, off=True), None,
         "Replace a worker process once it uses more than this many MiB; 0 or off: never.", metavar="MIB",
+        mode=Mode.WORKER,
     ),
     Setting(
         "shutdown_timeout", "SHUTDOWN_TIMEOUT", ("--shutdown-timeout",), _number(float, minimum=0), 25.0,
         "On SIGTERM/SIGINT, how long running tasks may finish before they are killed (seconds).",
         metavar="SECONDS",
+        mode=Mode.WORKER,
     ),
     Setting(
         "prefetch", "PREFETCH", ("--prefetch",), _number(int, minimum=0), 0,
         "Tasks to pop beyond the idle workers (kept small so other workers are not starved).", metavar="N",
+        mode=Mode.WORKER,
     ),
     Setting(
         "pop_ahead", "POP_AHEAD", ("--pop-ahead",), parse_bool, True,
         "Pop a worker's next task while it posts its output (the task waits at most that long).",
         boolean=True,
+        mode=Mode.WORKER,
     ),
     Setting(
         "burst", "BURST", ("--burst",), parse_bool, False,
         "Exit once the queue has nothing for this worker.", boolean=True,
+        mode=Mode.WORKER,
+    ),
+    Setting(
+        "burst_unreachable_timeout", "BURST_UNREACHABLE_TIMEOUT", ("--burst-unreachable-timeout",),
+        _number(float, positive=True, off=True), 60.0,
+        "With --burst: exit 1 once every pop has failed for this long, e.g. an unreachable or misspelled "
+        "BOEFJES_API (seconds); 0 or off: keep trying.", metavar="SECONDS",
+        mode=Mode.WORKER,
     ),
     Setting(
         "max_tasks", "MAX_TASKS", ("--max-tasks",), _number(int, positive=True, off=True), None,
         "Exit after this many tasks in total; 0 or off: no limit.", metavar="N",
+        mode=Mode.WORKER,
     ),
     Setting(
         "health_port", "HEALTH_PORT", ("--health-port",), parse_port, None,
         "Serve health and metrics on this TCP port; 0 or off: no endpoint.", metavar="PORT",
+        mode=Mode.WORKER,
     ),
     Setting(
         "health_host", "HEALTH_HOST", ("--health-host",), _text(optional=False), "127.0.0.1",
         "Address the health endpoint listens on.", metavar="HOST",
+        mode=Mode.WORKER,
     ),
     Setting(
         "plugin_dir", "PLUGIN_DIR", ("--plugin-dir",), _text(optional=False), ".",
         "Folder searched (recursively) for boefje packages (boefje.json + main.py); default: the working "
         "directory.", metavar="DIR",
+        mode=Mode.BOTH,
     ),
     Setting(
         "max_output_size", "MAX_OUTPUT_SIZE", ("--max-output-size",), _number(float, positive=True), 64.0,
         "Largest boefje output accepted (MiB); more fails the task instead of exhausting memory.",
         metavar="MIB",
+        mode=Mode.BOTH,
     ),
     Setting(
         "allow_foreign_output", "ALLOW_FOREIGN_OUTPUT", ("--allow-foreign-output",), parse_bool, False,
         "One-shot: allow posting the output to another scheme://host:port than the input URL's.",
         boolean=True,
+        mode=Mode.ONE_SHOT,
     ),
     Setting(
         "api_headers", "BOEFJES_API_HEADERS", ("--api-header",), parse_headers, {},
         "Extra 'Name: value' header for every Boefje API request; repeat the flag, or separate with newlines "
         "or commas in the env var. Values are never logged.",
         multiple=True, secret=True, metavar="'NAME: VALUE'",
+        mode=Mode.BOTH,
     ),
     Setting(
         "queue", "QUEUE", ("--queue",), _text(optional=False), "boefje",
         "Scheduler queue to pop tasks from.", metavar="NAME",
+        mode=Mode.WORKER,
     ),
     Setting(
         "span_export_grpc_endpoint", "SPAN_EXPORT_GRPC_ENDPOINT", ("--span-export-grpc-endpoint",), parse_url, None,
         "Export OpenTelemetry traces over OTLP/gRPC to this URL, e.g. http://jaeger:4317 (needs "
         "boefje-runtime[tracing]). Default: off.",
         metavar="URL",
+        mode=Mode.BOTH,
     ),
 )
 
@@ -454,6 +508,8 @@ class RuntimeConfig:
     pop_ahead: bool = _default(SETTINGS_BY_NAME["pop_ahead"])
     #: Exit once the queue is empty (``BURST``).
     burst: bool = _default(SETTINGS_BY_NAME["burst"])
+    #: In burst mode, exit 1 once pops have failed this long, seconds; None: never (``BURST_UNREACHABLE_TIMEOUT``).
+    burst_unreachable_timeout: float | None = _default(SETTINGS_BY_NAME["burst_unreachable_timeout"])
     #: Exit after this many tasks; None: no limit (``MAX_TASKS``).
     max_tasks: int | None = _default(SETTINGS_BY_NAME["max_tasks"])
     #: Health/metrics port; None: no endpoint (``HEALTH_PORT``).
@@ -511,7 +567,7 @@ class RuntimeConfig:
         missing = self.missing_for_worker_mode()
         if missing:
             names = " and ".join(setting.label for setting in missing)
-            raise ConfigError(f"worker mode needs {names}; set the env var or pass the flag")
+            raise ConfigError(f"worker mode needs {names}; set the env var or pass the flag{spelling_hint(missing)}")
 
     @property
     def images(self) -> tuple[str, ...]:
@@ -546,6 +602,20 @@ class RuntimeConfig:
         return " ".join(parts)
 
 
+#: Other spellings of our env vars seen in the wild (some OpenKAT docs say ``BOEFJE_API``).
+MISSPELLINGS = {"BOEFJE_API": "BOEFJES_API"}
+
+
+def spelling_hint(missing: Iterable[Setting], environ: Mapping[str, str] | None = None) -> str:
+    """``"; BOEFJE_API is set: did you mean BOEFJES_API?"`` when a missing setting's env var has a
+    known misspelling that is set; else ``""``."""
+    environ = os.environ if environ is None else environ
+    wanted = {setting.env for setting in missing}
+    hints = [f"{wrong} is set: did you mean {right}?" for wrong, right in MISSPELLINGS.items()
+             if right in wanted and environ.get(wrong)]
+    return "".join(f"; {hint}" for hint in hints)
+
+
 def scrub_secret_env(environ: MutableMapping[str, str] | None = None) -> None:
     """Remove secret settings (the API's headers) from the environment once they are read.
 
@@ -563,6 +633,7 @@ __all__ = [
     "LOG_LEVELS",
     "SETTINGS",
     "SETTINGS_BY_NAME",
+    "Mode",
     "RuntimeConfig",
     "Setting",
     "parse_bool",
@@ -572,4 +643,5 @@ __all__ = [
     "parse_port",
     "parse_url",
     "scrub_secret_env",
+    "spelling_hint",
 ]

@@ -136,8 +136,26 @@ class BoefjeRegistry:
             logger.warning("Plugin folder %s is not a directory: no boefjes there", top)
         for folder in _walk(top, max_depth):
             registry._add_folder(folder)
-        logger.log(logging.INFO if registry._discovered else logging.WARNING, "%s", registry.summary())
+        # DEBUG: import errors are not known yet, so the count can be low. Worker mode checks every
+        # import and then logs the summary at INFO (worker_mode.load_plugins).
+        logger.debug("%s", registry.summary())
         return registry
+
+    def usable(self) -> list[Boefje]:
+        """The boefjes not known to be broken (a registered callable, or a folder whose import has
+        not failed so far)."""
+        return [boefje for boefje in self.boefjes.values() if boefje.error is None]
+
+    def mark_broken(self, boefje_id: str, message: str) -> None:
+        """Record that ``boefje_id`` cannot be used, as found out elsewhere (worker mode imports
+        every boefje once in a throwaway process): logged once here, counted in ``errors``, and
+        never imported by this registry (so forked workers neither retry it nor warn again)."""
+        boefje = self._discovered.get(boefje_id)
+        path = boefje.path if boefje is not None else None
+        self._problem(path, message, boefje_id)
+        if boefje is not None:
+            with boefje._lock:
+                boefje._error = PluginError(f"boefje {boefje_id!r} at {path} is broken: {message}")
 
     @property
     def import_mode(self) -> ImportMode:
@@ -146,7 +164,7 @@ class BoefjeRegistry:
 
     def summary(self) -> str:
         """One line for a worker's start-up: the folder, how many boefjes, and when they are imported."""
-        count = len(self._discovered)
+        count = sum(1 for boefje in self._discovered.values() if boefje.error is None)
         found = f"Found {count} boefje{'' if count == 1 else 's'} under {self.root} ({len(self.errors)} broken)"
         if not count:
             return f"{found}: a task for a boefje that is not registered in code will fail"

@@ -16,8 +16,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import click
+from click.core import ParameterSource
 
-from boefje_runtime.config import SETTINGS, RuntimeConfig, Setting
+from boefje_runtime.config import SETTINGS, Mode, RuntimeConfig, Setting, spelling_hint
 from boefje_runtime.errors import ConfigError
 from boefje_runtime.logs import configure_logging, register_secrets
 
@@ -66,7 +67,8 @@ def _parse_callback(setting: Setting):
 
 def _option(setting: Setting) -> click.Option:
     """The click option for one row of the settings table."""
-    common: dict[str, Any] = {"envvar": setting.env, "show_envvar": True, "help": setting.help}
+    help_text = f"{setting.help} [{setting.mode.label}]"
+    common: dict[str, Any] = {"envvar": setting.env, "show_envvar": True, "help": help_text}
     if setting.boolean:
         long_flag = setting.flag
         decls = [f"{long_flag}/--no-{long_flag[2:]}", setting.name]
@@ -100,6 +102,8 @@ def _run(input_url: str | None, **values: Any) -> None:
 
     One-shot: GET the task at INPUT_URL, run its boefje and POST the output; exit 0 once the output
     is delivered. Worker mode: poll BOEFJES_API for tasks of OCI_IMAGE until SIGTERM/SIGINT.
+    Each option says whether it applies to one-shot, worker mode or both; a flag given for the
+    other mode is ignored with a warning.
 
     To run a boefje on an input object without any API: boefje-worker run --help.
     """
@@ -111,7 +115,7 @@ def _run(input_url: str | None, **values: Any) -> None:
         missing = config.missing_for_worker_mode()
         if missing:
             names = " and ".join(f"{setting.env} (or {setting.flag})" for setting in missing)
-            raise click.UsageError(f"worker mode (no INPUT_URL) needs {names}")
+            raise click.UsageError(f"worker mode (no INPUT_URL) needs {names}{spelling_hint(missing)}")
     if config.span_export_grpc_endpoint:  # fail now, in either mode, when the extra is missing
         from boefje_runtime.tracing import tracing_for
 
@@ -121,6 +125,7 @@ def _run(input_url: str | None, **values: Any) -> None:
             raise click.UsageError(str(exc)) from None
     configure_logging(config.log_level, config.logging_format)
     register_secrets(config.api_headers.values())
+    _warn_about_flags_of_the_other_mode(Mode.ONE_SHOT if input_url is not None else Mode.WORKER)
     if input_url is not None:
         from boefje_runtime.oneshot import run_oneshot
 
@@ -132,6 +137,23 @@ def _run(input_url: str | None, **values: Any) -> None:
         sys.exit(int(run_worker_mode(config)))
     except ConfigError as exc:  # e.g. the health port is taken
         raise click.UsageError(str(exc)) from None
+
+
+def _warn_about_flags_of_the_other_mode(mode: Mode) -> None:
+    """One line naming the flags given on the command line that this mode ignores.
+
+    Flags only: an image's environment (``ENV POOL_SIZE=4``) serves both of its modes, so env vars
+    of the other mode are expected and not worth a word.
+    """
+    ctx = click.get_current_context()
+    ignored = [
+        setting.flag for setting in SETTINGS
+        if not setting.mode.applies_to(mode) and ctx.get_parameter_source(setting.name) is ParameterSource.COMMANDLINE
+    ]
+    if ignored:
+        other = "worker mode" if mode is Mode.ONE_SHOT else "one-shot mode (an INPUT_URL)"
+        this = "one-shot" if mode is Mode.ONE_SHOT else "worker mode"
+        logger.warning("Ignoring %s: only for %s, and this is %s", ", ".join(ignored), other, this)
 
 
 def build_command() -> click.Command:
