@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
+import requests
 
 from boefje_runtime.config import SETTINGS
 from boefje_runtime.exit_codes import ExitCode
+from boefje_runtime.testing import BoefjeAPIServer, make_task
 
-from .helpers import cli_env, run_cli
+from .helpers import CLI, cli_env, error_text, run_cli, wait_until, write_plugin
+
+IMAGE = "test/cli:latest"
+HELLO = """
+    def run(boefje_meta):
+        return [({"text/plain"}, "hello")]
+"""
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +54,23 @@ def test_help_shows_the_seed_options(help_text):
     assert "default: 30" in help_text  # OUTGOING_REQUEST_TIMEOUT
 
 
-def test_entry_point_is_the_same_command():
+def test_the_console_script_runs_this_command(capsys):
+    from importlib.metadata import entry_points
+
     from boefje_runtime_cli.main import cli, main
 
+    (script,) = [entry for entry in entry_points(group="console_scripts") if entry.name == "boefje-worker"]
+    assert script.load() is main
     assert cli.name == "boefje-worker"
-    assert callable(main)
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.startswith("boefje-worker, version ")
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: s.name)
+def test_help_says_which_mode_each_setting_applies_to(help_text, setting):
+    assert f"{' '.join(setting.help.split())} [{setting.mode.label}]" in help_text
 
 
 def test_version():
@@ -105,6 +128,14 @@ def test_worker_mode_without_api_or_image_is_a_usage_error(env, missing, present
         assert name not in result.stderr
 
 
+def test_boefje_api_instead_of_boefjes_api_gets_a_hint():
+    result = run_cli(env={"BOEFJE_API": "http://127.0.0.1:9", "OCI_IMAGE": "img"})
+    assert result.returncode == 2
+    assert "BOEFJE_API is set: did you mean BOEFJES_API?" in result.stderr
+    plain = run_cli(env={"OCI_IMAGE": "img"})
+    assert plain.returncode == 2 and "did you mean" not in plain.stderr
+
+
 def test_flag_wins_over_env_var_for_the_worker_mode_check():
     # The env var is invalid, but the flag replaces it: the only complaint left is OCI_IMAGE.
     result = run_cli("--boefjes-api", "http://127.0.0.1:9", env={"BOEFJES_API": "not a url"})
@@ -117,8 +148,7 @@ def test_flag_wins_over_env_var_for_the_worker_mode_check():
 
 
 def test_worker_mode_logs_the_seed_start_up_lines_and_flags_win(tmp_path):
-    from boefje_runtime.testing import BoefjeAPIServer
-
+    write_plugin(tmp_path / "nmap_udp", HELLO, id="nmap-udp")
     with BoefjeAPIServer() as api:
         result = run_cli(
             "--burst", "-p", "nmap-udp", "-p", "nmap-tcp,dns", "--plugin-dir", str(tmp_path),
@@ -132,6 +162,167 @@ def test_worker_mode_logs_the_seed_start_up_lines_and_flags_win(tmp_path):
         f"[info] Configured BoefjeAPI [base_url={api.url}, outgoing_request_timeout=30, "
         "images=['ghcr.io/minvws/openkat/nmap:latest'], plugins=['nmap-udp', 'nmap-tcp', 'dns']]"
     )
+
+
+def worker_env(api_url: str, **extra: str) -> dict[str, str]:
+    return {"BOEFJES_API": api_url, "OCI_IMAGE": IMAGE, "POLL_INTERVAL": "0.1", "SHUTDOWN_TIMEOUT": "5", **extra}
+
+
+def error_lines(stderr: str) -> list[str]:
+    assert "Traceback" not in stderr
+    return [line for line in stderr.splitlines() if "[error]" in line]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def api():
+    with BoefjeAPIServer() as server:
+        yield server
+
+
+@pytest.fixture
+def plugin_dir(tmp_path: Path) -> Path:
+    root = tmp_path / "plugins"
+    write_plugin(root / "hello", HELLO, id="hello", oci_image=IMAGE)
+    write_plugin(root / "big", """
+        def run(boefje_meta):
+            return [({"text/plain"}, b"x" * 2048)]
+    """, id="big", oci_image=IMAGE)
+    write_plugin(root / "slow", """
+        import time
+
+        def run(boefje_meta):
+            time.sleep(0.5)
+            return [({"text/plain"}, "slept")]
+    """, id="slow", oci_image=IMAGE)
+    return root
+
+
+@pytest.mark.parametrize("case", ["missing", "a file", "empty", "only broken"])
+def test_worker_mode_refuses_a_plugin_folder_without_usable_boefjes(tmp_path, api, case):
+    folder = tmp_path / "plugins"
+    if case == "a file":
+        folder.write_text("not a folder")
+    elif case == "empty":
+        folder.mkdir()
+    elif case == "only broken":
+        write_plugin(folder / "bad", "raise ImportError('no such library')", id="bad")
+    result = run_cli("--burst", "--plugin-dir", str(folder), env=worker_env(api.url))
+    assert result.returncode == ExitCode.USAGE == 2, result.stderr
+    (line,) = error_lines(result.stderr)
+    assert str(folder) in line and "PLUGIN_DIR" in line
+    assert "Created worker pool" not in result.stderr
+    assert api.request_counts() == {}  # nothing popped: no task taken only to be failed
+
+
+def test_broken_boefjes_are_reported_once_and_counted_with_import_errors(tree, api):
+    folder = tree("broken")  # 13 folders: 3 usable boefjes, 5 broken on disk, 5 broken on import
+    result = run_cli("--burst", "--pool-size", "2", "--plugin-dir", str(folder), env=worker_env(api.url))
+    assert result.returncode == 0, result.stderr
+    assert f"[info] Found 3 boefjes under {folder} (10 broken)" in result.stderr
+    broken = re.findall(r"\[warning\] Broken boefje at (\S+):", result.stderr)
+    assert len(broken) == 10 and len(set(broken)) == 10, broken  # each once, none repeated by a worker
+    assert any(path.endswith("brk_import_error") for path in broken)
+    assert result.stderr.count("Started listening for tasks from worker") == 2
+
+
+def test_a_boefje_that_ends_the_process_on_import_is_named_and_skipped(tmp_path, api):
+    folder = tmp_path / "plugins"
+    write_plugin(folder / "good", HELLO, id="good", oci_image=IMAGE)
+    write_plugin(folder / "exits", "import os\nos._exit(3)\n", id="exits", oci_image=IMAGE)
+    result = run_cli("--burst", "--plugin-dir", str(folder), env=worker_env(api.url))
+    assert result.returncode == 0, result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if "Broken boefje at" in line]
+    assert "exits" in line and "importing its main.py ended the process (exit code 3)" in line
+    assert "(1 broken)" in result.stderr
+    assert "during start-up" not in result.stderr  # no worker died importing it
+
+
+@pytest.mark.parametrize("where", ["refused", "unresolvable"])
+def test_burst_gives_up_on_an_unreachable_api_within_the_bound(plugin_dir, where):
+    # A name under .invalid never resolves (RFC 2606). (The lookup does ask the configured resolver.)
+    url = f"http://127.0.0.1:{free_port()}" if where == "refused" else "http://boefje-api.invalid:8000"
+    started = time.monotonic()
+    result = run_cli("--burst", "--plugin-dir", str(plugin_dir), "--burst-unreachable-timeout", "2",
+                     env=worker_env(url, OUTGOING_REQUEST_TIMEOUT="2"), timeout=60)
+    took = time.monotonic() - started
+    assert result.returncode == ExitCode.INTERNAL_ERROR == 1, result.stderr
+    (line,) = error_lines(result.stderr)
+    assert url in line and "BURST_UNREACHABLE_TIMEOUT=2" in line
+    # The bound, plus the heartbeat the check waits for, plus start-up and drain on a loaded machine.
+    assert took < 2 + 1 + 15, took
+
+
+def test_worker_flags_given_to_one_shot_are_named_in_one_warning(plugin_dir):
+    url = f"http://127.0.0.1:{free_port()}/api/v0/tasks/1"
+    result = run_cli("--pool-size", "3", "--burst", "--task-timeout", "5", "--plugin-dir", str(plugin_dir), url,
+                     env={"PREFETCH": "1", "OUTGOING_REQUEST_TIMEOUT": "1"})
+    assert result.returncode == ExitCode.INPUT_UNAVAILABLE, result.stderr
+    (warning,) = [line for line in result.stderr.splitlines() if "[warning] Ignoring" in line]
+    assert "--pool-size, --burst: only for worker mode" in warning
+    assert "--task-timeout" not in warning and "--prefetch" not in warning  # both modes; an env var
+
+
+def test_a_one_shot_flag_in_worker_mode_gets_a_warning(api, plugin_dir):
+    result = run_cli("--burst", "--allow-foreign-output", "--plugin-dir", str(plugin_dir), env=worker_env(api.url))
+    assert result.returncode == 0, result.stderr
+    (warning,) = [line for line in result.stderr.splitlines() if "[warning] Ignoring" in line]
+    assert "--allow-foreign-output: only for one-shot mode" in warning
+
+
+def test_a_taken_health_port_exits_2_with_one_line(api, plugin_dir):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("--burst", "--plugin-dir", str(plugin_dir), env=worker_env(api.url, HEALTH_PORT=str(port)))
+    assert result.returncode == 2, result.stderr
+    (line,) = error_lines(result.stderr)
+    assert f"127.0.0.1:{port}" in line and "HEALTH_PORT" in line
+
+
+def test_a_free_health_port_answers_readyz_and_is_announced_once(api, plugin_dir):
+    port = free_port()
+    process = subprocess.Popen([*CLI, "--plugin-dir", str(plugin_dir)], env=cli_env(worker_env(api.url,
+                               HEALTH_PORT=str(port))), stderr=subprocess.PIPE, text=True)
+    try:
+        def ready() -> bool:
+            try:
+                return requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        wait_until(ready, timeout=30, what="/readyz to answer 200")
+        assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+        process.terminate()
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, stderr
+    assert stderr.count("Serving /healthz, /readyz and /metrics") == 1
+
+
+def test_max_output_size_from_the_environment_fails_a_larger_output(api, plugin_dir):
+    task_id = api.enqueue(make_task("big", oci_image=IMAGE))
+    result = run_cli("--burst", "--plugin-dir", str(plugin_dir), env=worker_env(api.url, MAX_OUTPUT_SIZE="0.001"))
+    assert result.returncode == 0, result.stderr
+    assert api.status(task_id) == "failed"
+    assert "output too large" in error_text(api, task_id) and "1048 bytes" in error_text(api, task_id)
+
+
+def test_task_timeout_0_means_no_limit(api, plugin_dir):
+    task_id = api.enqueue(make_task("slow", oci_image=IMAGE))
+    result = run_cli("--burst", "--plugin-dir", str(plugin_dir), env=worker_env(api.url, TASK_TIMEOUT="0"))
+    assert result.returncode == 0, result.stderr
+    assert api.status(task_id) == "completed"
+    assert [file["content"] for file in api.files(task_id)] == [b"slept"]
 
 
 # -- import cost --------------------------------------------------------------------------------
