@@ -198,11 +198,22 @@ def _text_value(value: Any) -> str:
     return text if _BARE_VALUE.match(text) else json.dumps(text, ensure_ascii=False)
 
 
+def _single_line(text: str) -> str:
+    """Line breaks as ``\\n``: one event is one line, whatever a message (a boefje's) holds."""
+    return text.replace("\r\n", "\n").replace("\r", "\\r").replace("\n", "\\n")
+
+
 class TextFormatter(logging.Formatter):
-    """``<ISO timestamp> [info] message key=value ...``, like the seed, with secrets masked."""
+    """``<ISO timestamp> [info] message key=value ...``, like the seed, with secrets masked.
+
+    One event is one line, so ``grep`` and log shippers see whole events and the lines of several
+    workers never interleave mid-event: a traceback becomes a quoted ``traceback="..."`` field
+    (``\\n`` between its lines) instead of lines of its own.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
+        # Masked before escaping too: an escaped secret is no longer in the forms masking looks for.
+        message = _single_line(mask_secrets(record.getMessage()))
         fields = " ".join(f"{key}={_text_value(value)}" for key, value in record_fields(record).items())
         line = f"{_timestamp(record)} [{record.levelname.lower()}] {message}"
         if fields:
@@ -210,9 +221,9 @@ class TextFormatter(logging.Formatter):
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
-            line += "\n" + record.exc_text
+            line += " traceback=" + json.dumps(mask_secrets(record.exc_text), ensure_ascii=False)
         if record.stack_info:
-            line += "\n" + self.formatStack(record.stack_info)
+            line += " stack=" + json.dumps(mask_secrets(self.formatStack(record.stack_info)), ensure_ascii=False)
         return mask_secrets(line)
 
 

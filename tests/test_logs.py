@@ -70,6 +70,23 @@ def test_text_lines_carry_context_and_extra_as_key_value(capture):
     assert second.endswith("After role=worker")
 
 
+def test_a_text_line_is_one_line_even_with_a_traceback_and_line_breaks(capture):
+    stream = capture("text")
+    secret = 'p"a\\ss\'wörd'
+    with secret_values([secret]):
+        try:
+            raise RuntimeError(f"boom\nsecond line {secret!r}")
+        except RuntimeError:
+            log.exception("Crashed\nhere")
+    (line,) = stream.getvalue().splitlines()
+    assert TEXT_LINE.match(line)
+    message, _, traceback = line.partition(" traceback=")
+    assert message.endswith("[error] Crashed\\nhere")
+    text = json.loads(traceback)  # a quoted field holding the whole traceback
+    assert text.startswith("Traceback (most recent call last):") and "RuntimeError: boom\nsecond line '***'" in text
+    assert secret not in text and repr(secret)[1:-1] not in text
+
+
 def test_level_filters_lines(capture):
     stream = capture("text", level="WARNING")
     log.info("hidden")
@@ -255,7 +272,8 @@ def test_multi_line_secrets_are_masked_line_by_line():
 def test_registered_secrets_are_masked_in_other_threads(capture):
     stream = capture("text")
     with secret_values(["thread-secret"]):
-        thread = threading.Thread(target=lambda: log.info("thread-secret"))
+        thread = threading.Thread(target=lambda: log.info("from the thread: thread-secret"))
         thread.start()
-        thread.join()
-    assert "thread-secret" not in stream.getvalue()
+        thread.join(10)
+    (line,) = stream.getvalue().splitlines()  # the other thread's line reached the stream...
+    assert line.endswith("[info] from the thread: ***")  # ...masked
