@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import http.client
 import re
 import socket
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -323,6 +326,89 @@ def test_task_timeout_0_means_no_limit(api, plugin_dir):
     assert result.returncode == 0, result.stderr
     assert api.status(task_id) == "completed"
     assert [file["content"] for file in api.files(task_id)] == [b"slept"]
+
+
+class _RecordingProxy(BaseHTTPRequestHandler):
+    """Forwards every request to the test API unchanged (Host included, so the output URL the API
+    hands out points back here) and records its method, path and headers."""
+
+    protocol_version = "HTTP/1.1"
+    upstream: tuple[str, int]
+    seen: list[tuple[str, str, dict[str, str]]]
+
+    def _forward(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        type(self).seen.append((self.command, self.path, dict(self.headers)))
+        connection = http.client.HTTPConnection(*self.upstream, timeout=30)
+        try:
+            connection.request(self.command, self.path, body or None, dict(self.headers))
+            answer = connection.getresponse()
+            data = answer.read()
+        finally:
+            connection.close()
+        self.send_response(answer.status)
+        self.send_header("Content-Type", answer.getheader("Content-Type") or "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_PATCH = _forward
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def proxy(api):
+    """A recording proxy in front of ``api``: yields its URL and the requests it forwarded."""
+    handler = type("Proxy", (_RecordingProxy,), {"upstream": ("127.0.0.1", api.port), "seen": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", handler.seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def sent_header(seen: list[tuple[str, str, dict[str, str]]], name: str) -> dict[str, list[str | None]]:
+    """The header's value on each request, by kind of request."""
+    kinds: dict[str, list[str | None]] = {}
+    for method, path, headers in seen:
+        kind = ("pop" if "/pop?" in path else "patch" if method == "PATCH" else
+                "input" if method == "GET" and "/api/v0/tasks/" in path else
+                "output" if method == "POST" and "/api/v0/tasks/" in path else f"{method} {path}")
+        kinds.setdefault(kind, []).append({k.lower(): v for k, v in headers.items()}.get(name.lower()))
+    return kinds
+
+
+def test_api_headers_go_on_every_pop_patch_and_output_in_worker_mode(api, proxy, plugin_dir):
+    proxy_url, seen = proxy
+    task_ids = [api.enqueue(make_task("hello", oci_image=IMAGE, input_ooi=f"Hostname|internet|h{n}"))
+                for n in range(3)]
+    result = run_cli("--burst", "--plugin-dir", str(plugin_dir), "--api-header", "X-Api-Key: k-123",
+                     env=worker_env(proxy_url, BOEFJES_API_HEADERS="Authorization: Bearer t-456"))
+    assert result.returncode == 0, result.stderr
+    assert all(api.status(task_id) == "completed" for task_id in task_ids)
+    kinds = sent_header(seen, "X-Api-Key")
+    assert {"pop", "patch", "output"} <= set(kinds), kinds
+    assert all(value == "k-123" for values in kinds.values() for value in values), kinds
+    assert len(kinds["patch"]) == len(kinds["output"]) == 3
+    # The flag wins over the env var, as for every setting: one set of headers, never a merge.
+    assert set(sent_header(seen, "Authorization")) and not any(
+        value for values in sent_header(seen, "Authorization").values() for value in values)
+
+
+def test_api_headers_go_on_the_input_and_output_of_one_shot(api, proxy, plugin_dir):
+    proxy_url, seen = proxy
+    task_id = api.enqueue(make_task("hello", oci_image=IMAGE))
+    requests.patch(f"{api.url}/api/v0/scheduler/tasks/{task_id}", json={"status": "running"}, timeout=10)
+    result = run_cli("--plugin-dir", str(plugin_dir), "--api-header", "X-Api-Key: k-123",
+                     f"{proxy_url}/api/v0/tasks/{task_id}")
+    assert result.returncode == 0, result.stderr
+    assert api.status(task_id) == "completed"
+    assert sent_header(seen, "X-Api-Key") == {"input": ["k-123"], "output": ["k-123"]}
 
 
 # -- import cost --------------------------------------------------------------------------------

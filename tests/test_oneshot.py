@@ -406,6 +406,38 @@ def test_output_post_failing_exits_undeliverable(api, plugin_dir):
     assert input_url(api, task_id) in line and "500" in line
 
 
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback on this machine")
+def test_an_ipv6_input_url_works(plugin_dir):
+    with BoefjeAPIServer(host="::1") as api:
+        task_id = running_task(api, "hello", input_ooi="Hostname|internet|example.com")
+        url = input_url(api, task_id)
+        assert url.startswith("http://[::1]:")
+        result = run_cli(url, plugin_dir, "--api-header", "X-Token: v6")
+        assert result.returncode == ExitCode.OK, result.stderr
+        assert api.status(task_id) == "completed"
+        assert contents(api.files(task_id)) == [b"hello Hostname|internet|example.com"]
+        assert f'HTTP Request: POST {url} "HTTP/1.1 200 OK"' in result.stderr
+
+
+def test_an_unknown_boefje_when_closing_the_task_fails_too_says_so(api, plugin_dir):
+    task_id = running_task(api, "no-such-boefje")
+    api.inject("output", status=500, times=None)
+    result = run_cli(input_url(api, task_id), plugin_dir)
+    assert result.returncode == ExitCode.BOEFJE_NOT_FOUND
+    line = error_line(result)
+    assert "no-such-boefje" in line and "marking the task failed did not work either" in line and "500" in line
+    assert api.status(task_id) == "running"  # nothing we could do: the line says so
+
+
 def forge_output_url(api: BoefjeAPIServer, task_id: str, output_url: str) -> None:
     api.inject("input", body=json.dumps({"task": api.task(task_id), "output_url": output_url}))
 
