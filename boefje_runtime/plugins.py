@@ -136,9 +136,9 @@ class BoefjeRegistry:
             logger.warning("Plugin folder %s is not a directory: no boefjes there", top)
         for folder in _walk(top, max_depth):
             registry._add_folder(folder)
-        # DEBUG: import errors are not known yet, so the count can be low. Worker mode checks every
-        # import and then logs the summary at INFO (worker_mode.load_plugins).
-        logger.debug("%s", registry.summary())
+        # DEBUG when some were found: import errors are not known yet, so the broken count can be
+        # low; worker mode checks every import and then logs the summary at INFO (worker_mode.py).
+        logger.log(logging.DEBUG if registry._discovered else logging.WARNING, "%s", registry.summary())
         return registry
 
     def usable(self) -> list[Boefje]:

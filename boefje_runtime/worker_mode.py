@@ -24,7 +24,7 @@ from pathlib import Path
 from .config import RuntimeConfig, scrub_secret_env
 from .errors import ConfigError, PluginError
 from .exit_codes import ExitCode
-from .plugins import BoefjeRegistry
+from .plugins import BoefjeRegistry, ImportMode
 from .pool.events import PoolEvents
 
 logger = logging.getLogger("boefje_runtime")
@@ -108,14 +108,15 @@ def load_plugins(plugin_dir: str) -> BoefjeRegistry:
 
 
 def check_imports(registry: BoefjeRegistry) -> None:
-    """Import every boefje of ``registry`` in a throwaway child and mark the ones that fail broken.
+    """Import every boefje of ``registry`` in a throwaway child and mark the ones that fail broken
+    (when the registry imports at start; above its eager limit, imports stay lazy).
 
     The child reports one JSON line per boefje before and after importing it, so a boefje that
     kills the process while importing is known by the last "importing" line.
     """
     boefjes = [boefje for boefje in registry.usable() if boefje.path is not None]
-    if not boefjes or not hasattr(os, "fork"):
-        return
+    if not boefjes or not hasattr(os, "fork") or registry.import_mode is ImportMode.ON_FIRST_USE:
+        return  # a large tree is imported lazily (plugins.py): its import errors show on first use
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child; coverage does not follow a fork

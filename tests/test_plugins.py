@@ -129,14 +129,15 @@ def test_above_the_eager_limit_a_boefje_is_imported_when_a_task_asks_for_it(tmp_
     ],
 )
 def test_discovery_logs_the_folder_how_many_it_found_and_when_they_are_imported(tmp_path, caplog, count, summary):
-    caplog.set_level(logging.INFO, logger="boefje_runtime.plugins")
+    caplog.set_level(logging.DEBUG, logger="boefje_runtime.plugins")
     _counted_boefjes(tmp_path, count)
 
     registry = BoefjeRegistry.discover(tmp_path)
 
     assert registry.summary() == summary.format(root=tmp_path)
     [record] = [r for r in caplog.records if r.getMessage() == registry.summary()]
-    assert record.levelno == (logging.WARNING if count == 0 else logging.INFO)
+    # DEBUG: before imports the broken count can be low; worker mode logs the checked one at INFO.
+    assert record.levelno == (logging.WARNING if count == 0 else logging.DEBUG)
 
 
 def test_root_is_put_on_sys_path_once(tree):
