@@ -131,6 +131,83 @@ def mutated_tasks(draw, task_id: str = FIXED_ID, keep_id: bool = False) -> dict:
 task_like = mutated_tasks() | json_values | weird_values
 
 
+def _unknown_keys(known: frozenset[str]) -> st.SearchStrategy[str]:
+    return (st.text(max_size=8) | nasty_text).filter(lambda key: key not in known)
+
+
+@st.composite
+def valid_tasks(draw, task_id: str = FIXED_ID) -> dict:
+    """A task every parser must accept: odd but valid values in the optional fields, and unknown
+    fields (which must travel back unchanged) at every level."""
+    task = make_task(draw(st.sampled_from(["hello", "dns-records"])), task_id=task_id,
+                     oci_image=draw(st.sampled_from([None, IMAGE])))
+    task.update(
+        priority=draw(st.none() | st.integers() | st.integers(min_value=2**63, max_value=2**70)),
+        status=draw(st.sampled_from(["queued", "dispatched", "running", "completed", "failed", "cancelled"])),
+        organisation=draw(st.none() | st.text(max_size=10) | nasty_text),
+        created_at=draw(st.sampled_from([None, "2024-01-01T00:00:00Z", "2024-01-01T00:00:00.123+02:00"])),
+    )
+    task["data"].update(
+        organization=draw(st.text(max_size=10) | nasty_text),
+        input_ooi=draw(st.none() | st.text(max_size=20) | nasty_text | huge_text),
+        environment=draw(st.none() | st.dictionaries(st.text(max_size=6), st.text(max_size=10) | nasty_text,
+                                                     max_size=3)),
+        arguments=copy.deepcopy(draw(st.dictionaries(st.text(max_size=6), json_values, max_size=3))),
+    )
+    task["data"]["boefje"]["version"] = draw(st.none() | st.text(max_size=10) | nasty_text)
+    for level, known in ((task, Task._KNOWN), (task["data"], BoefjeMeta._KNOWN),
+                         (task["data"]["boefje"], BoefjeRef._KNOWN)):
+        extra = draw(st.dictionaries(_unknown_keys(known), json_values, max_size=3))
+        level.update(copy.deepcopy(extra))
+    return task
+
+
+def _set(task: dict, path: tuple[str, ...], value: Any) -> dict:
+    """``task`` with the value at ``path`` replaced; the dicts on the way are created as needed."""
+    parent = task
+    for key in path[:-1]:
+        if not isinstance(parent.get(key), dict):
+            parent[key] = {}
+        parent = parent[key]
+    parent[path[-1]] = value
+    return task
+
+
+#: One change that makes any task invalid, whatever else was changed: (path, wrong values).
+BREAKING = [
+    (("data",), st.none() | st.booleans() | st.integers() | st.text(max_size=5) | st.lists(scalars, max_size=2)),
+    (("data", "id"), st.sampled_from(["", 0, None, ["x"]])),
+    (("data", "boefje"), st.none() | st.integers() | st.text(max_size=5)),
+    (("data", "boefje", "id"), st.sampled_from(["", 0, None, {"id": "x"}])),
+    (("data", "organization"), st.none() | st.integers() | st.lists(st.text(max_size=3), max_size=2)),
+    (("data", "environment"), st.sampled_from([{"KEY": 1}, {"KEY": None}, ["KEY=value"], "KEY=value"])),
+    (("status",), nasty_text.filter(lambda text: text not in {"queued"})),
+    (("priority",), st.text(max_size=3) | st.booleans() | st.floats(allow_nan=True)),
+    (("created_at",), st.sampled_from(["2024-13-45T25:61:61", "yesterday", 5, ["2024-01-01"]])),
+]
+
+
+@st.composite
+def malformed_tasks(draw, task_id: str) -> dict:
+    """A mutated task (its id kept) with one change from :data:`BREAKING` on top: malformed for sure."""
+    task = draw(mutated_tasks(task_id=task_id, keep_id=True))
+    path, values = draw(st.sampled_from(BREAKING))
+    return _set(task, path, copy.deepcopy(draw(values)))
+
+
+valid_outputs = st.fixed_dictionaries(
+    {
+        "status": st.sampled_from(["COMPLETED", "FAILED"]),
+        "files": st.none() | st.lists(
+            st.fixed_dictionaries({"name": st.text(max_size=5) | nasty_text,
+                                   "content": st.text(max_size=10) | nasty_text | huge_text,
+                                   "tags": st.none() | st.lists(st.text(max_size=8) | nasty_text, max_size=3)}),
+            max_size=3,
+        ),
+    },
+)
+
+
 def to_json_bytes(value: Any) -> bytes | None:
     """JSON text for a value (ASCII-escaped, so lone surrogates travel as ``\\udxxx``), or None."""
     try:
@@ -168,12 +245,33 @@ def test_task_parsing_raises_only_parse_errors(payload):
     _only_parse_errors(BoefjeInput.from_dict, {"task": payload, "output_url": "http://boefje/x"})
     _only_parse_errors(parse_task_list, [payload])
     if task is not None and to_json_bytes(payload) is not None:
-        # What parsed must write back what it read (unknown fields included) and parse again.
-        again = Task.from_dict(json.loads(json.dumps(task.to_dict())))
-        assert json.dumps(again.to_dict(), sort_keys=True) == json.dumps(task.to_dict(), sort_keys=True)
-        for key, value in payload.items():
-            if key not in Task._KNOWN:
-                assert json.dumps(task.to_dict()[key]) == json.dumps(value)
+        # The mutation left a valid task (test_a_valid_task_parses_and_travels_back_unchanged makes
+        # sure of this case); what it wrote back must parse again.
+        assert_round_trip(task, payload)
+
+
+def assert_round_trip(task: Task, payload: dict) -> None:
+    """What parsed must write back what it read (unknown fields included, at every level) and
+    parse again to the same."""
+    again = Task.from_dict(json.loads(json.dumps(task.to_dict())))
+    assert json.dumps(again.to_dict(), sort_keys=True) == json.dumps(task.to_dict(), sort_keys=True)
+    written = task.to_dict()
+    for read, wrote, known in ((payload, written, Task._KNOWN), (payload["data"], written["data"], BoefjeMeta._KNOWN),
+                               (payload["data"]["boefje"], written["data"]["boefje"], BoefjeRef._KNOWN)):
+        for key, value in read.items():
+            if key not in known:
+                assert json.dumps(wrote[key]) == json.dumps(value), key
+
+
+@settings(max_examples=200, deadline=None)
+@given(payload=valid_tasks())
+def test_a_valid_task_parses_and_travels_back_unchanged(payload):
+    _count("models: valid task")
+    task = Task.from_dict(copy.deepcopy(payload))  # no ParseError: every one of these is valid
+    assert task.id == FIXED_ID and task.data.boefje.id == payload["data"]["boefje"]["id"]
+    assert task.raw == payload  # what a push sends back
+    assert_round_trip(task, payload)
+    assert BoefjeInput.from_dict({"task": payload, "output_url": "/x"}).task.to_dict() == task.to_dict()
 
 
 TASK_FIELDS = list(_paths(make_task("hello", task_id=FIXED_ID, environment={"K": "v"})))
@@ -214,9 +312,19 @@ output_like = st.fixed_dictionaries(
 def test_output_parsing_raises_only_parse_errors(payload):
     _count("models: output")
     output = _only_parse_errors(BoefjeOutput.from_dict, payload)
-    if output is not None:
+    if output is not None:  # test_a_valid_output_travels_back_unchanged makes sure of this case
         assert BoefjeOutput.from_dict(output.to_dict()) == output
     _only_parse_errors(OutputFile.from_dict, payload)
+
+
+@settings(max_examples=150, deadline=None)
+@given(payload=valid_outputs)
+def test_a_valid_output_travels_back_unchanged(payload):
+    _count("models: valid output")
+    output = BoefjeOutput.from_dict(payload)  # no ParseError: every one of these is valid
+    written = output.to_dict()
+    assert written == {**payload, "files": payload["files"] or []}
+    assert BoefjeOutput.from_dict(written) == output
 
 
 # -- the client -----------------------------------------------------------------------------------
@@ -358,37 +466,68 @@ def fuzz_pool(fuzz_api) -> Iterator[tuple[WorkerPool, _Lines]]:
 _victims = iter(range(10**6))
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                 HealthCheck.too_slow])
-@given(data=st.data())
-def test_worker_mode_fails_malformed_tasks_and_keeps_going(fuzz_api, fuzz_pool, data):
-    _count("worker mode")
-    pool, lines = fuzz_pool
-    # Given a task the pool's filter never pops by itself, so only the forged pop answer names it
-    victim = fuzz_api.enqueue(make_task("hello", oci_image="not-this-image",
-                                        task_id=f"00000000-0000-4000-8000-{next(_victims):012d}"))
-    forged = data.draw(mutated_tasks(task_id=victim, keep_id=True))
+def _next_victim(api: BoefjeAPIServer) -> str:
+    """A queued task the pool's filter never pops by itself, so only a forged pop answer names it."""
+    return api.enqueue(make_task("hello", oci_image="not-this-image",
+                                 task_id=f"00000000-0000-4000-8000-{next(_victims):012d}"))
+
+
+def _serve_forged_pop(api: BoefjeAPIServer, forged: dict) -> None:
     body = to_json_bytes([forged])
     assume(body is not None)
-    try:
-        Task.from_dict(forged)
-        malformed = False
-    except ParseError:
-        malformed = True
-        _count("worker mode: of which malformed")
-    logged = len(lines.lines)
-
-    # When the pop answers it
-    fault = fuzz_api.inject("pop", body=body)
+    fault = api.inject("pop", body=body)
     wait_until(lambda: fault.hits, 10, "the forged pop answer to be served")
 
-    # Then a malformed task is reported and marked failed; a valid one runs; the pool goes on
-    if malformed:
-        wait_until(lambda: fuzz_api.status(victim) == "failed", 10, "the malformed task to be marked failed")
-        assert any("Malformed task in the pop answer" in line for line in lines.lines[logged:])
-    follow_up = fuzz_api.enqueue(make_task("hello", oci_image=IMAGE))
-    fuzz_api.wait_for_status(follow_up, "completed", timeout=15)
+
+def _pool_goes_on(api: BoefjeAPIServer, pool: WorkerPool) -> None:
+    follow_up = api.enqueue(make_task("hello", oci_image=IMAGE))
+    api.wait_for_status(follow_up, "completed", timeout=15)
     assert pool._thread.is_alive() and pool.phase == "running"
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                 HealthCheck.too_slow])
+@given(data=st.data())
+def test_worker_mode_fails_a_malformed_task_and_keeps_going(fuzz_api, fuzz_pool, data):
+    _count("worker mode: malformed")
+    pool, lines = fuzz_pool
+    # Given a malformed task (made sure of here, so the assertions below always run)
+    victim = _next_victim(fuzz_api)
+    forged = data.draw(malformed_tasks(task_id=victim))
+    with pytest.raises(ParseError):
+        Task.from_dict(copy.deepcopy(forged))
+    logged = len(lines.lines)
+
+    # When a pop answers it
+    _serve_forged_pop(fuzz_api, forged)
+
+    # Then it is reported and marked failed, and the pool goes on
+    wait_until(lambda: fuzz_api.status(victim) == "failed", 10, "the malformed task to be marked failed")
+    assert any("Malformed task in the pop answer" in line for line in lines.lines[logged:])
+    assert fuzz_api.outputs(victim) == []  # it never ran
+    _pool_goes_on(fuzz_api, pool)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                HealthCheck.too_slow])
+@given(data=st.data())
+def test_worker_mode_runs_a_valid_but_odd_task_and_closes_it(fuzz_api, fuzz_pool, data):
+    _count("worker mode: valid")
+    pool, lines = fuzz_pool
+    # Given a valid task with odd values and unknown fields
+    victim = _next_victim(fuzz_api)
+    forged = data.draw(valid_tasks(task_id=victim))
+    Task.from_dict(copy.deepcopy(forged))
+    logged = len(lines.lines)
+
+    # When a pop answers it
+    _serve_forged_pop(fuzz_api, forged)
+
+    # Then it runs (or fails with an error file saying why) and is closed; the pool goes on
+    fuzz_api.wait_for_status(victim, timeout=15)
+    assert len(fuzz_api.outputs(victim)) == 1
+    assert not any("Malformed task" in line for line in lines.lines[logged:])
+    _pool_goes_on(fuzz_api, pool)
 
 
 @pytest.mark.timeout(60)

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import ast
-import base64
 import json
 import os
 import re
@@ -250,8 +249,6 @@ def test_secrets_never_reach_a_log_line_or_an_error_file_of_a_cli_worker(boefje_
         text = error["content"].decode()
         for secret in (SECRET, ODD_SECRET):
             assert all(form not in text for form in secret_forms(secret)), text
-            assert all(form.encode() not in base64.b64decode(base64.b64encode(error["content"]))
-                       for form in secret_forms(secret))
     assert "PermissionError: the scanner refused '***' and '***'" in boefje_api.files(ids["raise-secret"])[0][
         "content"].decode()
     assert boefje_api.status(ids["tag-secret"]) == "completed"
@@ -296,7 +293,10 @@ def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
     except ImportError:
         openssl = shutil.which("openssl")
         if openssl is None:
-            pytest.skip("neither the cryptography package nor the openssl command is available")
+            why = "neither the cryptography package (in the test extra) nor the openssl command is available"
+            if os.environ.get("CI"):
+                pytest.fail(f"{why}: CI must run the TLS tests")  # a silent skip would hide them for good
+            pytest.skip(why)
         subprocess.run(
             [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
              "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
