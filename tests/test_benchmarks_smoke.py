@@ -22,6 +22,7 @@ def run_bench(*args: str, timeout: float) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(BENCH), *args], capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(170)
 def test_quick_run_writes_every_figure_of_the_chosen_measurements(tmp_path):
     # given a quick plan with small throughput runs

@@ -38,6 +38,7 @@ def _load_chaos():
 chaos = _load_chaos()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_the_pool_survives_kills_outages_and_bad_answers(tmp_path, capsys):
     # Given a pool of 4 and 150 tasks, of which some fail on purpose
