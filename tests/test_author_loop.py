@@ -107,6 +107,21 @@ def test_a_raising_boefje_prints_its_traceback_and_exits_non_zero(plugins):
     assert "raiser on Hostname|internet|example.com: FAILED" in result.stdout
 
 
+def test_a_secret_from_env_is_masked_in_the_printed_traceback(plugins, tmp_path):
+    write_plugin(tmp_path / "more" / "leaky", """
+        import os
+
+        def run(boefje_meta):
+            raise RuntimeError("login refused for " + os.environ["API_KEY"])
+    """, id="leaky")
+
+    result = run_cli("run", "leaky", "x", "--plugin-dir", str(tmp_path / "more"), "--env", "API_KEY=s3cr3t-k3y")
+
+    assert result.returncode == ExitCode.BOEFJE_FAILED
+    assert "RuntimeError: login refused for ***" in result.stdout
+    assert "s3cr3t-k3y" not in result.stdout + result.stderr
+
+
 def test_the_output_cap_applies_as_in_the_pool(plugins):
     result = run_boefje(plugins, "big", "x", "--max-output-size", "1")
 

@@ -126,6 +126,8 @@ def serve(argv: Sequence[str]) -> int:
         parser.error("--seed-examples must not be negative")
     if args.n < 1:
         parser.error("-n must be at least 1")
+    if args.running and not args.enqueue:
+        parser.error("--running sets the --enqueue tasks running: name a boefje with --enqueue BOEFJE_ID")
     server = BoefjeAPIServer(args.host, args.port, pop_mode=args.pop_mode, results_envelope=args.results_envelope)
     if args.seed_examples:
         server.enqueue(example_tasks(args.seed_examples))

@@ -111,9 +111,10 @@ def test_a_pool_in_burst_mode_runs_every_task_then_exits(boefje_api):
 
     # then
     assert exit_code == 0
-    assert [boefje_api.status(task_id) for task_id in good] == ["completed"] * 3
+    for task_id in good:
+        boefje_api.assert_completed(task_id)  # on failure: the history, the traceback, the worker's log lines
     assert [facts_of(boefje_api.files(task_id))["version"] for task_id in good] == [4, 6, 4]
-    assert boefje_api.status(bad) == "failed"
+    boefje_api.assert_failed(bad)
     [error] = boefje_api.files(bad)
     assert "error/boefje" in error["tags"] and b"ValueError" in error["content"]
     assert boefje_api.status(other_image) == "queued"  # the filter left it for another image's workers
