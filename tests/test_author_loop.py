@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 
 from boefje_runtime.exit_codes import ExitCode
+from boefje_runtime.file_view import file_lines
+from boefje_runtime.local_run import parse_env_pairs
 from boefje_runtime.testing import make_task
 
 from . import pool_boefjes
@@ -412,3 +414,20 @@ def test_secrets_of_the_task_stay_out_of_the_explanation(boefje_api, make_pool):
     assert "login refused for key ***" in text
     assert "worker log lines for this task (1)" in text
     assert secret not in text
+
+
+# -- pure parts ---------------------------------------------------------------------------------------
+
+
+def test_file_lines_show_text_cut_long_text_on_a_character_and_hide_binary():
+    assert file_lines("0", ["text/plain"], b"a\nb") == ["== file 0: 3 bytes, tags: text/plain", "a", "b"]
+    assert file_lines("1", None, b"\x00\x01")[1] == "(binary content, not shown)"
+    long = "é" * 10  # two bytes each: a cut after 5 bytes falls inside the third character
+    assert file_lines("2", [], long.encode(), max_shown=5)[1:] == ["éé", "... (15 more bytes not shown)"]
+    assert file_lines("3", [], b"x", saved_to="/out/3")[1] == "(saved to /out/3)"
+
+
+def test_env_pairs_keep_everything_after_the_first_equals_sign():
+    assert parse_env_pairs(["A=b=c", "EMPTY="]) == {"A": "b=c", "EMPTY": ""}
+    with pytest.raises(ValueError, match="'=x' is not NAME=VALUE"):
+        parse_env_pairs(["=x"])
