@@ -47,6 +47,8 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+from .worker import close_inherited_sockets
+
 logger = logging.getLogger("boefje_runtime.pool")
 
 _PID = struct.Struct("q")
@@ -173,7 +175,7 @@ class ForkServer:
         ours.settimeout(SPAWN_TIMEOUT)
         self._control, self.pid = ours, pid
         if threads > 1:
-            logger.warning("The worker fork server was started while this process runs %d threads; workers "
+            logger.info("The worker fork server was started while this process runs %d threads; workers "
                            "may inherit a lock held at that moment", threads)
         return self
 
@@ -250,6 +252,9 @@ def _serve(control: socket.socket, main: WorkerMain, spec: Any, supervisor_pid: 
         signal.signal(signum, signal.SIG_IGN)
     if not _die_with_parent(supervisor_pid):
         return 0
+    # A listening socket of the embedding program (or the supervisor's HTTP connections) held here
+    # would keep its port taken after its owner closed it; the workers do the same for themselves.
+    close_inherited_sockets(control.fileno())
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # only to wake the selector

@@ -29,6 +29,7 @@ from typing import Any
 
 from ..client import BoefjeAPIClient
 from ..filters import TaskFilter
+from .events import PoolEvents
 
 #: Weight of the newest sample in the running averages (pop round trip, task durations).
 SMOOTHING = 0.2
@@ -39,6 +40,7 @@ class PopAnswer:
     """What one pop brought back: the raw tasks, or the error that ended it."""
 
     limit: int
+    slots: int
     raw_tasks: list[Any] | None
     error: Exception | None
     seconds: float
@@ -55,12 +57,17 @@ class RunningAverage:
         self.value = sample if self.value is None else self.value + self.smoothing * (sample - self.value)
 
 
-class TaskDurations:
-    """How long a worker is busy with a task of each boefje (from dispatch to its report), so the
-    supervisor can tell which busy workers will be free within one pop round trip."""
+class TaskDurations(PoolEvents):
+    """How long a worker is busy with a task of each boefje (as each task's closing line says), so
+    the supervisor can tell which busy workers will be free within one pop round trip. A listener
+    of the pool's events; tasks that did not run (pushed back: no duration) are left out."""
 
     def __init__(self) -> None:
         self._by_boefje: dict[str, RunningAverage] = {}
+
+    def task_finished(self, boefje_id: str, outcome: str, duration: float) -> None:
+        if duration > 0:
+            self.add(boefje_id, duration)
 
     def add(self, boefje_id: str, seconds: float) -> None:
         self._by_boefje.setdefault(boefje_id, RunningAverage()).add(seconds)
@@ -84,10 +91,11 @@ def expected_free_at(started: float, expected: float | None, now: float, round_t
 
 def pops_wanted(*, idle: int, free_at: Iterable[float | None], now: float, round_trip: float, held: int,
                 in_flight: int, prefetch: int = 0) -> int:
-    """How many pops to start now: one per idle worker and per busy worker that will be free within
-    one pop round trip (``free_at`` of each busy worker, None when unknown), plus the prefetch,
-    minus the tasks already held and the pops already in flight. So no more than one task waits per
-    worker that will be free by the time it arrives (no hoarding)."""
+    """How many workers to pop for now: each idle worker and each busy worker that will be free
+    within one pop round trip (``free_at`` of each busy worker, None when unknown), plus the
+    prefetch, minus the tasks (groups) already held and the workers the pops in flight are meant
+    for. So no more than one task waits per worker that will be free by the time it arrives (no
+    hoarding)."""
     soon = sum(1 for when in free_at if when is not None and when <= now + round_trip)
     return idle + soon + prefetch - held - in_flight
 
@@ -103,7 +111,8 @@ class PopThreads:
     """Runs pops in up to ``max_threads`` threads; the loop collects the answers with :meth:`answers`.
 
     ``api_factory`` makes one client per thread (a ``requests`` session is not shared between
-    threads). ``in_flight`` and ``limits_in_flight`` count pops started and not yet collected.
+    threads). ``in_flight`` counts pops started and not yet collected; ``slots_in_flight`` the
+    workers they are meant for; ``limits_in_flight`` the most tasks they may bring.
     """
 
     def __init__(self, api_factory: Callable[[], BoefjeAPIClient], queue_name: str, task_filter: TaskFilter,
@@ -114,8 +123,9 @@ class PopThreads:
         self.max_threads = max_threads
         self.round_trip = RunningAverage()
         self.in_flight = 0
+        self.slots_in_flight = 0
         self.limits_in_flight = 0
-        self._jobs: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
         self._answers: deque[PopAnswer] = deque()
         self._threads: list[threading.Thread] = []
         self._waiting = 0  # threads blocked on the job queue
@@ -128,18 +138,24 @@ class PopThreads:
         self._closed = False
 
     @property
+    def answered(self) -> bool:
+        """An answer is waiting to be collected (no system call: cheap to ask every step)."""
+        return bool(self._answers)
+
+    @property
     def wakeup_fd(self) -> int:
         """Readable when an answer is waiting: register it in the loop's selector."""
         return self._wake_r
 
-    def request(self, limit: int) -> None:
-        """Start one pop of up to ``limit`` tasks."""
+    def request(self, limit: int, slots: int = 1) -> None:
+        """Start one pop of up to ``limit`` tasks, meant for ``slots`` workers."""
         self.in_flight += 1
+        self.slots_in_flight += slots
         self.limits_in_flight += limit
         if self.max_threads <= 0:
             if self._inline_api is None:
                 self._inline_api = self.api_factory()
-            self._answer(self._pop(self._inline_api, limit))
+            self._answer(self._pop(self._inline_api, (limit, slots)))
             return
         with self._lock:
             # a new thread unless one is waiting with nothing to do: pops must not queue behind pops
@@ -149,7 +165,7 @@ class PopThreads:
                                           daemon=True)
                 self._threads.append(thread)
             self._queued += 1
-        self._jobs.put(limit)
+        self._jobs.put((limit, slots))
         if start:
             thread.start()
 
@@ -162,6 +178,7 @@ class PopThreads:
         while self._answers:
             answer = self._answers.popleft()
             self.in_flight -= 1
+            self.slots_in_flight -= answer.slots
             self.limits_in_flight -= answer.limit
             if answer.error is None:
                 self.round_trip.add(answer.seconds)
@@ -193,23 +210,24 @@ class PopThreads:
             while True:
                 with self._lock:
                     self._waiting += 1
-                limit = self._jobs.get()
+                job = self._jobs.get()
                 with self._lock:
                     self._waiting -= 1
-                    self._queued -= limit is not None
-                if limit is None:
+                    self._queued -= job is not None
+                if job is None:
                     return
-                self._answer(self._pop(api, limit))
+                self._answer(self._pop(api, job))
         finally:
             api.close()
 
-    def _pop(self, api: BoefjeAPIClient, limit: int) -> PopAnswer:
+    def _pop(self, api: BoefjeAPIClient, job: tuple[int, int]) -> PopAnswer:
+        limit, slots = job
         started = time.monotonic()
         try:
             raw_tasks = api.pop_raw(self.queue_name, self.task_filter, limit)
         except Exception as exc:  # any failure must come back as an answer: the loop counts on it
-            return PopAnswer(limit, None, exc, time.monotonic() - started)
-        return PopAnswer(limit, raw_tasks, None, time.monotonic() - started)
+            return PopAnswer(limit, slots, None, exc, time.monotonic() - started)
+        return PopAnswer(limit, slots, raw_tasks, None, time.monotonic() - started)
 
     def _answer(self, answer: PopAnswer) -> None:
         self._answers.append(answer)
