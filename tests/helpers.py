@@ -2,7 +2,7 @@
 
 - bounded waiting: :func:`wait_until`, :func:`alive`;
 - worker pools against the test Boefje API: :func:`new_pool`, :func:`task`, :func:`hold_task`,
-  :func:`ready_workers`, :func:`error_text`;
+  :func:`ready_workers`, :func:`error_text`; :class:`GatedAPI`, a test API that holds a request until told;
 - the real CLI as a subprocess: :data:`CLI`, :func:`cli_env`, :func:`run_cli`;
 - plugin folders in OpenKAT's layout: :func:`write_plugin`.
 """
@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -24,6 +25,7 @@ from boefje_runtime import BoefjeAPIClient, RetryPolicy, TaskFilter
 from boefje_runtime.config import SETTINGS
 from boefje_runtime.plugins import BoefjeRegistry
 from boefje_runtime.pool import PoolSettings, WorkerPool
+from boefje_runtime.pool.events import PoolEvents
 from boefje_runtime.testing import BoefjeAPIServer, make_task
 
 from . import pool_boefjes
@@ -68,13 +70,16 @@ def new_pool(
     registry: BoefjeRegistry | None = None,
     retry: RetryPolicy | None = FAST_RETRY,
     timeout: float | None = None,
+    listeners: Iterable[PoolEvents] = (),
+    clock: Callable[[], float] | None = None,
     **settings: Any,
 ) -> WorkerPool:
     """A pool (not started) taking :data:`IMAGE`'s tasks from the Boefje API at ``api_url``.
 
     ``registry`` defaults to tests/pool_boefjes.py's; ``retry`` and ``timeout`` go to the client
-    (None: the client's own default); ``settings`` are :class:`PoolSettings` fields, by default a
-    pool of two that polls often and shuts down within seconds.
+    (None: the client's own default); ``listeners`` and ``clock`` go to the pool (None: its own
+    clock); ``settings`` are :class:`PoolSettings` fields, by default a pool of two that polls
+    often and shuts down within seconds.
     """
     settings = {"pool_size": 2, "poll_interval": 0.2, "shutdown_timeout": 5.0, **settings}
     client_options: dict[str, Any] = {"retry": retry} if timeout is None else {"retry": retry, "timeout": timeout}
@@ -83,6 +88,8 @@ def new_pool(
         TaskFilter([IMAGE]),
         registry=registry if registry is not None else pool_boefjes.registry(),
         settings=PoolSettings(**settings),
+        listeners=listeners,
+        **({} if clock is None else {"clock": clock}),
     )
 
 
@@ -98,6 +105,63 @@ def hold_task(tmp_path: Path, name: str, boefje_id: str = "hold", max_wait: floa
     pid_file, release_file = tmp_path / f"{name}.pid", tmp_path / f"{name}.release"
     arguments = {"pid_file": str(pid_file), "release_file": str(release_file), "max_wait": max_wait}
     return task(boefje_id, arguments=arguments), pid_file, release_file
+
+
+class Gate:
+    """Holds requests of one endpoint for one task until :meth:`open` (see :class:`GatedAPI`)."""
+
+    def __init__(self, times: int | None) -> None:
+        #: Set when a held request has arrived (it waits for :meth:`open`).
+        self.arrived = threading.Event()
+        self._opened = threading.Event()
+        self._left = times
+        self._lock = threading.Lock()
+
+    def open(self) -> None:
+        self._opened.set()
+
+    def _hold(self, longest: float) -> None:
+        with self._lock:
+            if self._left is not None:
+                if self._left <= 0:
+                    return
+                self._left -= 1
+        self.arrived.set()
+        self._opened.wait(longest)
+
+
+class GatedAPI(BoefjeAPIServer):
+    """The test Boefje API, able to hold a task's PATCH or output POST until the test opens a gate:
+    a slow answer whose length is an event of the test, not a number of seconds that a loaded
+    machine may overrun. A held request goes on as usual once opened (at the latest after
+    ``longest`` seconds, so a forgotten gate cannot hang a test)."""
+
+    def __init__(self, *args: Any, longest: float = 30.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.longest = longest
+        self._gates: dict[tuple[str, str], Gate] = {}
+
+    def gate(self, endpoint: str, task_id: str, *, times: int | None = 1) -> Gate:
+        """Hold the next ``times`` (None: every) ``endpoint`` request ("patch" or "output") of ``task_id``."""
+        gate = self._gates[(endpoint, task_id)] = Gate(times)
+        return gate
+
+    def open_all(self) -> None:
+        for gate in list(self._gates.values()):
+            gate.open()
+
+    def _held(self, endpoint: str, task_id: str) -> None:
+        gate = self._gates.get((endpoint, task_id))
+        if gate is not None:
+            gate._hold(self.longest)
+
+    def _patch(self, task_id: str, body: Any) -> dict[str, Any]:
+        self._held("patch", task_id)
+        return super()._patch(task_id, body)
+
+    def _output(self, task_id: str, body: Any) -> dict[str, str]:
+        self._held("output", task_id)
+        return super()._output(task_id, body)
 
 
 def ready_workers(pool: WorkerPool) -> int:
