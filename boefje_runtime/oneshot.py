@@ -246,7 +246,9 @@ class _OneShot:
             why, code = f"the one-shot process received {child.detail}", ExitCode.INTERRUPTED
             line = f"Task {self.task.id} interrupted by {child.detail}; killed the boefje's processes"
         output = failure_output(ref.id, ref.version, f"boefje-runtime stopped this task: {why}")
-        raise _Failure(code, line + self._try_close(output), outcome="failed", duration_s=round(child.duration, 3))
+        closing = self._try_close(output)
+        raise _Failure(code, line + closing, outcome="failed" if self.delivered else "undelivered",
+                       duration_s=round(child.duration, 3))
 
     def fetch_input(self) -> BoefjeInput:
         url = self.input_url
@@ -297,7 +299,9 @@ class _OneShot:
             reason = _one_line(str(exc))
             line = f"Cannot run task {task.id} from {self.input_url}: {reason}"
             output = failure_output(ref.id, ref.version, f"boefje-runtime could not run this task: {reason}")
-            raise _Failure(ExitCode.BOEFJE_NOT_FOUND, line + self._try_close(output)) from None
+            closing = self._try_close(output)
+            raise _Failure(ExitCode.BOEFJE_NOT_FOUND, line + closing,
+                           outcome="failed" if self.delivered else "undelivered", duration_s=0.0) from None
 
     def deliver(self, output: BoefjeOutput) -> None:
         assert self.output_url is not None

@@ -543,6 +543,8 @@ def test_json_error_line_carries_the_task_id(api, plugin_dir):
     assert result.returncode == ExitCode.BOEFJE_NOT_FOUND
     errors = [json.loads(line) for line in result.stderr.splitlines() if '"level": "error"' in line]
     assert len(errors) == 1 and errors[0]["task_id"] == task_id
+    assert errors[0]["boefje_id"] == "no-such-boefje" and errors[0]["organisation"] == "org"
+    assert errors[0]["outcome"] == "failed"  # the line that ends the task says how
 
 
 @pytest.mark.parametrize("fmt", ["text", "json"])
