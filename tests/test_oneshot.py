@@ -91,6 +91,20 @@ BOEFJES = {
         def run(boefje_meta):
             os._exit(3)
     """,
+    # Starts a child, writes "<own pid> <child pid>" to arguments.pid_file, then exits without a result.
+    "spawn_and_exit": """
+        import os
+        import subprocess
+        import sys
+
+        def run(boefje_meta):
+            child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+            pid_file = boefje_meta["arguments"]["pid_file"]
+            with open(pid_file + ".tmp", "w") as out:
+                out.write(f"{os.getpid()} {child.pid}")
+            os.rename(pid_file + ".tmp", pid_file)
+            os._exit(4)
+    """,
     "returns_none": """
         def run(boefje_meta):
             return None
@@ -352,6 +366,16 @@ def test_task_timeout_kills_the_boefje_and_its_child_and_fails_the_task(api, plu
     assert f"Task {task_id} timed out after 1.5 s" in line and "the task was marked failed" in line
     assert api.status(task_id) == "failed"
     assert "it ran longer than TASK_TIMEOUT (1.5 s)" in error_text(api, task_id)
+    assert_gone(*spawner_pids(pid_file))
+
+
+def test_a_boefje_process_that_exits_leaving_a_child_behind_takes_the_child_with_it(api, plugin_dir, tmp_path):
+    pid_file = tmp_path / "pids"
+    task_id = running_task(api, "spawn-and-exit", arguments={"pid_file": str(pid_file)})
+    result = run_cli(input_url(api, task_id), plugin_dir, timeout=30)
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert api.status(task_id) == "failed"
+    assert "exited with code 4" in error_text(api, task_id)
     assert_gone(*spawner_pids(pid_file))
 
 
