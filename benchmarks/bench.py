@@ -89,9 +89,8 @@ QUICK = Plan(
 )
 
 #: The test API pops like mula's ``pop_boefje`` (a duplicate group when one is queued, else one task,
-#: whatever the limit): requests per task are judged against the real scheduler. "dedup" answers
-#: the queues built here as mula does (each is all singles or all groups).
-MULA_POP = "dedup"
+#: whatever the limit): requests per task are judged against the real scheduler.
+MULA_POP = "mula"
 
 
 

@@ -118,7 +118,7 @@ class _ServerCommands:
     def __init__(self, server: Any) -> None:
         self.server = server
 
-    def reset(self, pop_mode: str = "limit") -> None:
+    def reset(self, pop_mode: str = "mula") -> None:
         """A clean server per run: an old run's 10,000 tasks must not slow down the next run's pops."""
         self.server.reset()
         self.server.pop_mode = pop_mode
