@@ -13,6 +13,12 @@ drawn from ``--seed``:
 - answers are delayed past the client timeout (1 s by default, so this is cheap);
 - the API is stopped and restarted on the same port.
 
+A restart can cut a pop's answer after the API dispatched its tasks: nothing in the protocol lets
+a worker find those tasks again (mula fails a dispatched task only after its stall grace period;
+docs/deploying.md). The report counts them apart, as "lost by a cut pop answer", after checking
+that they never ran and that the pop that dispatched them did not get its answer through; a task
+left dispatched any other way is "stuck", a problem.
+
 The boefje writes one record file per run (task id, pid, start and end on the system-wide
 monotonic clock), so the end state can be checked from the outside: every task completed or
 failed (none queued by mistake, none stuck dispatched/running), no task run twice at the same
@@ -20,16 +26,22 @@ time, every failed task has an error file saying why, every completed task has i
 and the supervisor is alive with a full pool. The end state is read once it has held still for a
 few request timeouts, so a task reopened by a late PATCH is not missed. Exit code 0 when it holds.
 
-Two faults are left out by default:
+Four faults are left out by default:
 
 - ``--late-patches`` also delays PATCHes past the timeout. A ``running`` PATCH the client gave up
   on may land after the task closed and reopen it (the scheduler does not guard transitions). The
-  pool rechecks tasks its workers closed, but not yet tasks whose worker was killed while such a
-  PATCH was in flight (tests/test_chaos.py has the xfail), so this finds "stuck" tasks now.
+  pool looks at every task it closed again a few request timeouts later and closes it again if
+  so; the CI-sized run in tests/test_chaos.py turns this on.
 - ``--lossy-pops`` also loses pop answers (dropped after the pop, or delayed past the timeout). No
   worker can survive that under this protocol (SECURITY.md, "What the runtime does not
   guarantee"): such a pop already dispatched its tasks on the server, and nothing in the API lets a
-  worker find them again. They are reported as ``stranded`` (checked never to have run), not lost.
+  worker find them again. They are counted as lost by a cut pop answer, as above.
+- ``--client-errors`` also answers PATCHes and output POSTs with a 4xx (409, 403, 401, 408) for a
+  request or three: answers an API gives while a task is in fact still running (a conflict with a
+  scheduler restart, a token being rotated, a proxy's timeout). The pool must neither leave the
+  task open nor close it twice.
+- ``--throttling`` also answers with 429 and a ``Retry-After`` for a window (every endpoint, or
+  one): the pool must wait and go on, losing nothing.
 """
 
 from __future__ import annotations
@@ -59,6 +71,8 @@ BOEFJE_ID = "chaos"
 PLANNED_FAILURE = "chaos: this task fails on purpose"
 TERMINAL = frozenset({"completed", "failed"})
 IN_FLIGHT = frozenset({"dispatched", "running"})
+#: The kinds of API fault episode (see the module docstring).
+FAULT_KINDS = ("errors", "drops", "delays", "restart", "malformed-pop", "client-errors", "throttle")
 
 
 # -- the boefje -----------------------------------------------------------------------------------
@@ -119,8 +133,18 @@ class ChaosSettings:
     settle_timeout: float = 60.0
     late_patches: bool = False
     lossy_pops: bool = False
+    client_errors: bool = False
+    throttling: bool = False
+    #: Inject only these kinds of API fault (names as in the report); None: every default kind,
+    #: plus those the flags above turn on.
+    fault_kinds: tuple[str, ...] | None = None
     #: Where the boefje's run records go (a temporary folder when None).
     record_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        unknown = set(self.fault_kinds or ()) - set(FAULT_KINDS)
+        if unknown:
+            raise ValueError(f"unknown fault kinds {sorted(unknown)}; known: {', '.join(FAULT_KINDS)}")
 
 
 @dataclass
@@ -146,10 +170,14 @@ class ChaosReport:
     #: Runs with a start record but no end, not explained by a kill of ours.
     unexplained_unfinished_runs: int = 0
     failed_without_error_file: int = 0
+    #: Of those, tasks whose error file the API refused with a 4xx (--client-errors): the pool then
+    #: closes the task with a PATCH to failed, as documented; counted, not a problem.
+    error_file_refused: int = 0
     #: Completed tasks whose output is not their own (or that were planned to fail).
     wrong_output: int = 0
-    #: Tasks dispatched by a pop whose answer was lost (only with --lossy-pops).
-    stranded: int = 0
+    #: Tasks left dispatched, never run, by a pop whose answer did not reach the pool (an API
+    #: restart cut it, or --lossy-pops lost it): a loss mode of the protocol, not a problem of the pool.
+    lost_by_cut_pop_answer: int = 0
     #: Tasks a late running PATCH reopened after they closed, and that were closed again.
     reopened: int = 0
     supervisor_alive: bool = False
@@ -171,16 +199,16 @@ class ChaosReport:
             f"faults injected: {sum(self.fault_episodes.values())} episodes ({episodes}); "
             f"{self.fault_hits} requests hit; {self.restarts} API restarts",
             f"lost: {self.lost}",
+            f"lost by a cut pop answer (a protocol limit, see docs/deploying.md): {self.lost_by_cut_pop_answer}",
             f"stuck: {self.stuck}",
             f"duplicates: {self.duplicates} (reruns: {self.reruns})",
-            f"failed without error file: {self.failed_without_error_file}; wrong output: {self.wrong_output}",
+            f"failed without error file: {self.failed_without_error_file} ({self.error_file_refused} because the "
+            f"API refused it with a 4xx); wrong output: {self.wrong_output}",
             f"reopened by a late PATCH and closed again: {self.reopened}",
             f"supervisor alive: {self.supervisor_alive}; pool at full size: {self.pool_full}",
             f"failure reasons: {reasons or 'none'}",
             f"wall time: {self.wall_time:.1f} s",
         ]
-        if self.stranded:
-            lines.insert(5, f"stranded by lost pop answers (protocol limit, --lossy-pops): {self.stranded}")
         if self.problems:
             lines.append("PROBLEMS:")
             lines.extend(f"  - {problem}" for problem in self.problems[:30])
@@ -212,7 +240,6 @@ class _Chaos:
         self.episodes: Counter = Counter()
         self.faults: list = []
         self.restarts = 0
-        self.lost_pop_answers = 0
         self.errors: list[str] = []
         # One generator per thread, so the plan of each depends on the seed only.
         self._threads = [
@@ -263,7 +290,10 @@ class _Chaos:
         bag: list[str] = []
         while not self.stop.wait(rng.uniform(*s.fault_pause)):
             if not bag:
-                bag = ["errors", "errors", "drops", "drops", "delays", "delays", "restart", "malformed-pop"]
+                bag = list(s.fault_kinds) if s.fault_kinds else [
+                    "errors", "errors", "drops", "drops", "delays", "delays", "restart", "malformed-pop",
+                    *(["client-errors", "client-errors"] if s.client_errors else []),
+                    *(["throttle"] if s.throttling else [])]
                 rng.shuffle(bag)
             kind = bag.pop()
             self.episodes[kind] += 1
@@ -281,16 +311,24 @@ class _Chaos:
                 when = rng.choice(["before", "after"])
                 if endpoint == "pop" and when == "after" and not s.lossy_pops:
                     when = "before"
-                self.lost_pop_answers += endpoint == "pop" and when == "after"
                 self.faults.append(self.api.inject(endpoint, drop=when, times=rng.randint(1, 4)))
                 duration = 1.0
             elif kind == "delays":
                 endpoint = rng.choice(["output", "get", *(["patch"] if s.late_patches else []),
                                        *(["pop"] if s.lossy_pops else [])])
                 times = rng.randint(1, 3)
-                self.lost_pop_answers += times if endpoint == "pop" else 0
                 self.faults.append(self.api.inject(endpoint, delay=s.client_timeout + 0.3, times=times))
                 duration = s.client_timeout + 1.0
+            elif kind == "client-errors":  # a 4xx for a task that is in fact still running
+                endpoint = rng.choice(["patch", "output"])
+                status = rng.choice([409, 403, 401, 408])
+                self.faults.append(self.api.inject(endpoint, status=status, times=rng.randint(1, 3)))
+                duration = 1.0
+            elif kind == "throttle":  # 429 with Retry-After, on everything or one endpoint, for a window
+                endpoint = rng.choice(["*", "*", "pop", "patch", "output"])
+                headers = {"Retry-After": rng.choice(["0.2", "0.5", "1"])}
+                self.faults.append(self.api.inject(endpoint, status=429, headers=headers, times=None))
+                duration = rng.uniform(*s.error_window)
             else:  # a pop answered 200 with truncated JSON: nothing dispatched, the supervisor backs off
                 self.faults.append(self.api.inject("pop", malformed=True, times=rng.randint(1, 3)))
                 duration = 0.5
@@ -314,6 +352,45 @@ class _Chaos:
                 time.sleep(0.1)
 
 
+# -- the API ----------------------------------------------------------------------------------------
+
+
+class ChaosAPI(BoefjeAPIServer):
+    """The test API, noting the tasks of each pop whose answer may not have reached the pool.
+
+    A pop's tasks are noted when it dispatches them and struck off once its answer was sent whole
+    (the transport records a request only then). An answer cut by a restart or dropped by a fault
+    is never recorded; one delayed by a fault may arrive after the client gave up, so it stays
+    noted too. The mark only explains a task that also never ran and was left dispatched.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        #: Ids of tasks dispatched by a pop whose answer may not have reached the client.
+        self.unanswered_pops: set[str] = set()
+        self._notes_lock = threading.Lock()
+        self._request = threading.local()
+
+    def _arrival(self, endpoint: str, *, routed: bool):
+        fault = super()._arrival(endpoint, routed=routed)
+        self._request.delayed = bool(fault is not None and fault.delay)
+        self._request.popped = []
+        return fault
+
+    def _pop(self, *args, **kwargs) -> list:
+        answer = super()._pop(*args, **kwargs)
+        self._request.popped = [task["id"] for task in answer]
+        with self._notes_lock:
+            self.unanswered_pops.update(self._request.popped)
+        return answer
+
+    def _record(self, method: str, path: str, endpoint: str, status: int | None, *args, **kwargs) -> None:
+        super()._record(method, path, endpoint, status, *args, **kwargs)
+        if endpoint == "pop" and status is not None and not getattr(self._request, "delayed", False):
+            with self._notes_lock:
+                self.unanswered_pops.difference_update(getattr(self._request, "popped", ()))
+
+
 # -- the run and the checks -----------------------------------------------------------------------
 
 
@@ -327,7 +404,7 @@ def run_chaos(settings: ChaosSettings, *, log: logging.Logger | None = None) -> 
     report = ChaosReport(tasks=settings.tasks)
     started = time.monotonic()
 
-    api = BoefjeAPIServer().start()
+    api = ChaosAPI().start()
     planned_failures: set[str] = set()
     tasks = []
     for index in range(settings.tasks):
@@ -382,14 +459,14 @@ def run_chaos(settings: ChaosSettings, *, log: logging.Logger | None = None) -> 
     return report
 
 
-def _settle(api: BoefjeAPIServer, ids: list[str], chaos: _Chaos, settings: ChaosSettings) -> None:
+def _settle(api: ChaosAPI, ids: list[str], chaos: _Chaos, settings: ChaosSettings) -> None:
     """Wait until every task is closed and stays so for a few request timeouts: a PATCH delayed
     past the timeout may still land and reopen a task, which the pool then closes again."""
     quiet = 4 * settings.client_timeout + 1.0
     deadline = time.monotonic() + settings.settle_timeout
     settled_since = None
     while time.monotonic() < deadline:
-        if _closed(api, ids) + _stranded(api, ids, chaos) < len(ids):
+        if _closed(api, ids) + _cut_off(api, ids) < len(ids):
             settled_since = None
         elif settled_since is None:
             settled_since = time.monotonic()
@@ -403,11 +480,10 @@ def _closed(api: BoefjeAPIServer, ids: list[str]) -> int:
     return sum(1 for task_id in ids if statuses.get(task_id) in TERMINAL)
 
 
-def _stranded(api: BoefjeAPIServer, ids: list[str], chaos: _Chaos) -> int:
-    """Tasks a lost pop answer left dispatched (counted only when such pops were injected)."""
-    if not chaos.lost_pop_answers:
-        return 0
-    return sum(1 for task_id in ids if api.history(task_id) == ["queued", "dispatched"])
+def _cut_off(api: ChaosAPI, ids: list[str]) -> int:
+    """Tasks left dispatched by a pop whose answer did not reach the pool (see :class:`ChaosAPI`)."""
+    return sum(1 for task_id in ids
+               if task_id in api.unanswered_pops and api.history(task_id) == ["queued", "dispatched"])
 
 
 def _wait_full(pool: WorkerPool, size: int, timeout: float) -> bool:
@@ -437,7 +513,7 @@ def _read_runs(record_dir: Path) -> dict[str, list[tuple[float, float | None, in
     return runs
 
 
-def _check(report: ChaosReport, api: BoefjeAPIServer, ids: list[str], planned_failures: set[str],
+def _check(report: ChaosReport, api: ChaosAPI, ids: list[str], planned_failures: set[str],
            record_dir: Path, chaos: _Chaos) -> None:
     problems = report.problems
     problems.extend(chaos.errors)
@@ -450,6 +526,8 @@ def _check(report: ChaosReport, api: BoefjeAPIServer, ids: list[str], planned_fa
     runs = _read_runs(record_dir)
 
     statuses = api.statuses()
+    refused = {record.path.rsplit("/", 1)[-1] for record in api.request_log()
+               if record.endpoint == "output" and record.status is not None and 400 <= record.status < 500}
     for task_id in ids:
         status = statuses.get(task_id)
         history = api.history(task_id)
@@ -467,11 +545,15 @@ def _check(report: ChaosReport, api: BoefjeAPIServer, ids: list[str], planned_fa
             errors = [f for f in api.files(task_id) if "error/boefje" in (f["tags"] or []) and f["content"]]
             if not errors:
                 report.failed_without_error_file += 1
-                problems.append(f"task {task_id} failed without an error file; history {history}")
+                if task_id in refused:
+                    report.error_file_refused += 1
+                    report.failure_reasons["its output and error file refused with a 4xx"] += 1
+                else:
+                    problems.append(f"task {task_id} failed without an error file; history {history}")
             else:
                 report.failure_reasons[_reason(errors[0]["content"])] += 1
-        elif chaos.lost_pop_answers and history == ["queued", "dispatched"] and task_id not in runs:
-            report.stranded += 1
+        elif history == ["queued", "dispatched"] and task_id not in runs and task_id in api.unanswered_pops:
+            report.lost_by_cut_pop_answer += 1
         elif status in IN_FLIGHT:
             report.stuck += 1
             problems.append(f"task {task_id} stuck {status}; history {history}")
@@ -525,6 +607,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client-timeout", type=float, default=ChaosSettings.client_timeout)
     parser.add_argument("--late-patches", action="store_true", help="also delay PATCHes (see the docstring)")
     parser.add_argument("--lossy-pops", action="store_true", help="also lose pop answers (see the docstring)")
+    parser.add_argument("--client-errors", action="store_true", help="also answer PATCH/output with a 4xx")
+    parser.add_argument("--throttling", action="store_true", help="also answer 429 with Retry-After for a while")
+    parser.add_argument("--faults", help="only these API faults, comma-separated (e.g. client-errors,throttle)")
     parser.add_argument("--record-dir", help="keep the boefje's run records here")
     parser.add_argument("--log-file", help="write the pool's log lines (INFO) here")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -537,7 +622,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.CRITICAL)
     settings = ChaosSettings(tasks=args.tasks, pool_size=args.pool_size, seed=args.seed,
                              client_timeout=args.client_timeout, late_patches=args.late_patches,
-                             lossy_pops=args.lossy_pops, record_dir=args.record_dir)
+                             lossy_pops=args.lossy_pops, client_errors=args.client_errors,
+                             throttling=args.throttling, record_dir=args.record_dir,
+                             fault_kinds=tuple(args.faults.split(",")) if args.faults else None)
     report = run_chaos(settings)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
     return 0 if report.ok else 1

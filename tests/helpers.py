@@ -118,7 +118,13 @@ class Gate:
         self._lock = threading.Lock()
 
     def open(self) -> None:
+        """Let the held requests go on."""
         self._opened.set()
+
+    def let_through(self) -> None:
+        """Hold no more requests; those held stay held until :meth:`open`."""
+        with self._lock:
+            self._left = 0
 
     def _hold(self, longest: float) -> None:
         with self._lock:

@@ -11,13 +11,14 @@ import importlib.util
 import os
 import signal
 import sys
+from collections.abc import Iterator
 
 import pytest
 
 from boefje_runtime import RetryPolicy
 from boefje_runtime.testing import make_task
 
-from .helpers import IMAGE, ROOT, wait_until
+from .helpers import IMAGE, ROOT, GatedAPI, wait_until
 
 CHAOS_PATH = ROOT / "benchmarks" / "chaos.py"
 #: A client that gives up on a request within half a second and repeats it: a delayed PATCH lands late.
@@ -65,7 +66,7 @@ def test_the_pool_survives_kills_outages_and_bad_answers(tmp_path, capsys):
 
     # Then every task is closed exactly once, with an explanation when it failed
     assert report.ok, report.summary()
-    assert report.completed + report.failed == settings.tasks
+    assert report.completed + report.failed + report.lost_by_cut_pop_answer == settings.tasks
     assert report.lost == report.stuck == report.duplicates == 0
     assert report.failed_without_error_file == 0
     assert report.supervisor_alive and report.pool_full
@@ -77,42 +78,96 @@ def test_the_pool_survives_kills_outages_and_bad_answers(tmp_path, capsys):
     assert report.failure_reasons["the boefje raised"] >= 1, report.summary()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+@pytest.mark.xfail(strict=False, reason="a running PATCH answered 4xx (or 429 past the retries) leaves its task "
+                   "dispatched (tests/test_coverage_pool.py has the strict xfail); not strict: whether this "
+                   "seed's chaos hits a PATCH depends on timing")
+def test_the_pool_survives_4xx_answers_and_throttling(tmp_path, capsys):
+    # Given a pool of 4 and 100 tasks
+    settings = chaos.ChaosSettings(
+        tasks=100,
+        pool_size=4,
+        seed=int(os.environ.get("CHAOS_SEED", "20240601")),
+        work=(0.05, 0.25),
+        kill_every=(0.5, 1.5),
+        fault_pause=(0.2, 0.6),
+        error_window=(0.5, 1.5),
+        outage=(0.5, 1.5),
+        fault_kinds=("client-errors", "client-errors", "throttle", "restart"),
+        chaos_budget=30.0,
+        stall=10.0,
+        settle_timeout=20.0,
+        record_dir=str(tmp_path / "runs"),
+    )
+
+    # When, while workers are killed and the API restarts, PATCHes and outputs get 409/403/401/408
+    # for tasks that are in fact running, and the API throttles with 429 and Retry-After
+    report = chaos.run_chaos(settings)
+    with capsys.disabled():
+        print(f"\nchaos with 4xx and 429 (seed {settings.seed}):\n{report.summary()}")
+
+    # Then no task is lost, left open or run twice at once
+    assert report.ok, report.summary()
+    assert report.lost == report.stuck == report.duplicates == 0
+    assert report.completed + report.failed + report.lost_by_cut_pop_answer == settings.tasks
+    # and the faults really happened
+    assert report.fault_episodes["client-errors"] >= 2 and report.fault_episodes["throttle"] >= 1, report.summary()
+    assert report.fault_hits >= 5 and report.kills >= 2, report.summary()
+
+
+@pytest.fixture
+def boefje_api() -> Iterator[GatedAPI]:
+    """The test API with gates, for the two late-PATCH tests (``make_pool`` uses it too)."""
+    api = GatedAPI().start()
+    try:
+        yield api
+    finally:
+        api.open_all()
+        api.stop()
+
+
 @pytest.mark.timeout(60)
 def test_a_late_running_patch_does_not_leave_a_closed_task_running(boefje_api, make_pool):
     """Found by the chaos run: the scheduler does not guard transitions, so a running PATCH the client
     gave up on (and repeated) that lands after the output reopened the task for good."""
-    # Given a worker whose running PATCH is answered only after the client gave up on it
+    # Given a worker whose first running PATCH the API holds (the client gives up on it after 0.5 s
+    # and repeats it)
     make_pool(**IMPATIENT, pool_size=1, shutdown_timeout=2).start()
-    boefje_api.inject("patch", delay=1.0, times=1)
-    task_id = boefje_api.enqueue(make_task("hello", oci_image=IMAGE))
+    late = make_task("hello", oci_image=IMAGE)
+    gate = boefje_api.gate("patch", late["id"])
+    task_id = boefje_api.enqueue(late)
 
-    # When the retried PATCH let the task run and close, and then the first one lands
-    wait_until(lambda: "completed" in boefje_api.history(task_id), 10, "the task to complete")
-    wait_until(lambda: sum(1 for r in boefje_api.request_log() if r.endpoint == "patch" and r.status) >= 2,
-               10, "the late PATCH to be handled")
+    # When the repeated PATCH let the task run and close, and only then the first one lands
+    boefje_api.wait_for_status(task_id, "completed", timeout=15)
+    assert gate.arrived.is_set()
+    gate.open()
 
     # Then the runtime notices the reopening and closes the task again
-    wait_until(lambda: boefje_api.history(task_id)[-2:] == ["running", "completed"]
-               and boefje_api.history(task_id).count("completed") == 2, 10, "the task to be closed again")
+    wait_until(lambda: boefje_api.history(task_id).count("completed") == 2
+               and boefje_api.status(task_id) == "completed", 15, "the task to be closed again")
     assert boefje_api.history(task_id)[-4:] == ["running", "completed", "running", "completed"]
 
 
 @pytest.mark.timeout(60)
 def test_a_running_patch_from_a_killed_worker_does_not_reopen_its_closed_task(boefje_api, make_pool):
     """Found by the chaos run (seed 4 of the CI settings)."""
-    # Given a worker whose running PATCH the API holds for a second
+    # Given a worker whose running PATCH the API holds
     pool = make_pool(**IMPATIENT, pool_size=1, shutdown_timeout=2).start()
     wait_until(lambda: any(w.ready for w in list(pool.workers)), 10, "a ready worker")
     [worker] = pool.workers
-    boefje_api.inject("patch", delay=1.0, times=1)
-    task_id = boefje_api.enqueue(make_task("hello", oci_image=IMAGE))
+    late = make_task("hello", oci_image=IMAGE)
+    gate = boefje_api.gate("patch", late["id"], times=None)
+    task_id = boefje_api.enqueue(late)
 
-    # When the worker is killed while that PATCH is in flight, and the pool closes its task
-    wait_until(lambda: boefje_api.request_counts().get("patch", 0) >= 1, 10, "the PATCH to arrive")
+    # When the worker is killed while that PATCH is held, and the pool closes its task
+    assert gate.arrived.wait(15), "the running PATCH never arrived"
+    gate.let_through()  # the supervisor's own requests for the task go through
     os.kill(worker.pid, signal.SIGKILL)
-    wait_until(lambda: "failed" in boefje_api.history(task_id), 10, "the task to be failed")
-    wait_until(lambda: sum(1 for r in boefje_api.request_log() if r.endpoint == "patch" and r.status) >= 2,
-               10, "the late PATCH to be handled")
+    boefje_api.wait_for_status(task_id, "failed", timeout=15)
+    # and only then the dead worker's PATCH lands, reopening the task
+    gate.open()
 
     # Then the task does not stay reopened
-    wait_until(lambda: boefje_api.status(task_id) == "failed", 6, "the task to be closed again")
+    wait_until(lambda: boefje_api.history(task_id)[-3:] == ["failed", "running", "failed"], 15,
+               "the task to be closed again")

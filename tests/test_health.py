@@ -66,11 +66,12 @@ def operated(make_pool):
     (``make_pool`` stops the pool)."""
     servers: list[OperatorServer] = []
 
-    def make(*, unreachable_after: float = 30.0, stale_after: float | None = None, **settings):
+    def make(*, unreachable_after: float = 30.0, stale_after: float | None = None, clock=None, **settings):
         settings.setdefault("pool_size", 1)
-        pool = make_pool(**settings)
+        pool = make_pool(clock=clock, **settings)
         server = attach_operator_endpoints(
-            pool, "127.0.0.1", 0, unreachable_after=unreachable_after, stale_after=stale_after
+            pool, "127.0.0.1", 0, unreachable_after=unreachable_after, stale_after=stale_after,
+            **({} if clock is None else {"clock": clock}),
         )
         servers.append(server)
         return pool, server
@@ -228,7 +229,10 @@ def test_metrics_during_a_run_show_the_busy_worker(boefje_api, operated, tmp_pat
 
 
 def test_healthz_is_ok_while_the_loop_turns_and_fails_once_it_stops(operated):
-    pool, server = operated(stale_after=0.5, heartbeat=0.1)
+    # The pool and the endpoint share a clock only the test moves: "the last turn is older than
+    # stale_after" is then the test's doing, never a loaded machine's
+    clock = FakeClock()
+    pool, server = operated(stale_after=0.5, heartbeat=0.1, clock=clock)
     pool.start()
     wait_until(lambda: "loop turned" in get(server, "/healthz")[2], what="the loop's first turn")
 
@@ -236,10 +240,14 @@ def test_healthz_is_ok_while_the_loop_turns_and_fails_once_it_stops(operated):
     assert code == 200, body
     assert content_type.startswith("text/plain")
     assert body.startswith("ok: ")
+    clock.now += 1.0  # past stale_after: a loop that still turns catches up at its next turn
+    wait_until(lambda: status(server, "/healthz") == 200 and "turned 0.0 s ago" in get(server, "/healthz")[2],
+               what="the loop's next turn")
 
     assert pool.stop(timeout=20) == 0
-    wait_until(lambda: status(server, "/healthz") == 503, what="/healthz to fail after the loop stopped")
-    assert "last turned" in get(server, "/healthz")[2]
+    clock.now += 1.0
+    code, _, body = get(server, "/healthz")
+    assert code == 503 and "last turned 1.0 s ago" in body, body
 
 
 def test_readyz_fails_while_the_api_is_down_past_the_threshold_and_recovers(boefje_api, operated):
