@@ -77,14 +77,13 @@ def test_a_big_plugin_folder_is_imported_only_as_tasks_ask(boefje_api, make_pool
     root = tmp_path / "plugins"
     for i in range(EAGER_IMPORT_LIMIT + 1):
         _marked_boefje(root / f"b{i:02}", f"b{i:02}", markers)
-    pool = make_pool(registry=BoefjeRegistry.discover(root), pool_size=1).start()
+    make_pool(registry=BoefjeRegistry.discover(root), pool_size=2).start()
     task_id = boefje_api.enqueue(task("b07"))
 
     boefje_api.wait_for_status(task_id, timeout=30)
 
     boefje_api.assert_completed(task_id)
-    assert _imported(markers) == ["b07"]
-    assert len(pool.workers) == 1  # one worker ran it; none imported the rest at start
+    assert _imported(markers) == ["b07"]  # by the worker that ran it; neither worker imported the rest
 
 
 def test_worker_mode_names_the_plugin_folder_and_what_it_found(boefje_api, tmp_path, markers):
