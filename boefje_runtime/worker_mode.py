@@ -18,7 +18,10 @@ import contextlib
 import json
 import logging
 import os
+import select
+import signal
 import sys
+import time
 from pathlib import Path
 
 from .config import RuntimeConfig, scrub_secret_env
@@ -28,6 +31,11 @@ from .plugins import BoefjeRegistry, ImportMode
 from .pool.events import PoolEvents
 
 logger = logging.getLogger("boefje_runtime")
+
+
+#: Longest the start-up import check may take: a boefje whose import hangs (a network call at import
+#: time) is marked broken instead of keeping the worker from starting.
+IMPORT_CHECK_TIMEOUT = 60.0
 
 
 class StartupError(ConfigError):
@@ -123,9 +131,12 @@ def check_imports(registry: BoefjeRegistry) -> None:
         os.close(read_fd)
         _import_in_child(write_fd, registry)
     os.close(write_fd)
-    with os.fdopen(read_fd, "r", encoding="utf-8") as reports:
-        lines = reports.read().splitlines()
+    data, timed_out = _read_until_eof(read_fd, time.monotonic() + IMPORT_CHECK_TIMEOUT)
+    if timed_out:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     _, status = os.waitpid(pid, 0)
+    lines = data.decode("utf-8", "replace").splitlines()
     importing = None
     for line in lines:
         with contextlib.suppress(ValueError, KeyError, TypeError):
@@ -137,9 +148,27 @@ def check_imports(registry: BoefjeRegistry) -> None:
                 importing = None
             else:
                 importing = None
-    if importing is not None:
+    if importing is not None and timed_out:
+        registry.mark_broken(importing, f"importing its main.py took longer than {IMPORT_CHECK_TIMEOUT:g} s")
+    elif importing is not None:
         how = _describe(status)
         registry.mark_broken(importing, f"importing its main.py ended the process ({how})")
+
+
+def _read_until_eof(fd: int, deadline: float) -> tuple[bytes, bool]:
+    """Everything written to ``fd`` until EOF, or until ``deadline`` (then True: timed out)."""
+    chunks = []
+    try:
+        while True:
+            wait = deadline - time.monotonic()
+            if wait <= 0 or not select.select([fd], [], [], wait)[0]:
+                return b"".join(chunks), True
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return b"".join(chunks), False
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
 
 
 def _import_in_child(write_fd: int, registry: BoefjeRegistry) -> None:  # pragma: no cover - the child
@@ -172,8 +201,6 @@ def _describe(status: int) -> str:
     code = os.waitstatus_to_exitcode(status)
     if code >= 0:
         return f"exit code {code}"
-    import signal
-
     try:
         return f"killed by {signal.Signals(-code).name}"
     except ValueError:

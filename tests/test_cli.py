@@ -432,3 +432,19 @@ def test_help_imports_neither_the_pool_nor_requests():
     assert "requests" not in modules
     assert "pythonjsonlogger" not in modules
     assert "boefje_runtime.oneshot" not in modules
+
+
+def test_a_boefje_whose_import_hangs_is_marked_broken_after_the_bound(tmp_path, monkeypatch):
+    """In-process (the bound is a constant): the check gives up on a hanging import and goes on."""
+    from boefje_runtime import worker_mode
+
+    folder = tmp_path / "plugins"
+    write_plugin(folder / "a_hangs", "import time\ntime.sleep(60)\n", id="hangs")
+    write_plugin(folder / "b_good", HELLO, id="good")
+    monkeypatch.setattr(worker_mode, "IMPORT_CHECK_TIMEOUT", 1.0)
+    started = time.monotonic()
+    registry = worker_mode.load_plugins(str(folder))
+    assert time.monotonic() - started < 10
+    assert [boefje.id for boefje in registry.usable()] == ["good"]
+    (problem,) = registry.errors
+    assert "importing its main.py took longer than 1 s" in problem.message and "a_hangs" in str(problem.path)
