@@ -39,6 +39,7 @@ __all__ = [
     "own_process_group",
     "proc_stat",
     "reap",
+    "session_members",
 ]
 
 _PR_SET_CHILD_SUBREAPER = 36
@@ -129,6 +130,22 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def session_members(session: int) -> list[int]:
+    """Every process of session ``session`` but its leader, from a scan of /proc (not cheap: for
+    rare events, such as a worker that died on its own leaving processes behind)."""
+    found = []
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return found
+    for name in names:
+        if name.isdigit() and int(name) != session:
+            stat = proc_stat(int(name))
+            if stat is not None and stat.session == session and stat.state not in "ZX":
+                found.append(int(name))
+    return found
+
+
 def _signal(pid: int, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, signum)
@@ -156,6 +173,8 @@ def kill_tree(root: int, *, include_root: bool = True, stop_bound: float = STOP_
     ``root`` must be a process whose pid cannot be reused under us: our own child (alive or not yet
     reaped), or this process itself with ``include_root=False``.
     """
+    if root <= 0:  # 0 and -1 are not processes: os.kill would signal our whole group, or everyone
+        raise ValueError(f"not a process id: {root}")
     deadline = time.monotonic() + stop_bound
     stat = proc_stat(root)
     leads_group = stat is not None and stat.pgrp == root

@@ -78,6 +78,48 @@ def fork_and_leave(meta: dict) -> list:
     return [({"text/plain"}, b"forked")]
 
 
+#: The body of a boefje that leaves processes behind the way a scanner's daemon does, as source text:
+#: run here as a registered callable, and written as a plugin's main.py for the CLI tests.
+DAEMONIZE_SOURCE = """
+import json, os, subprocess, time
+from pathlib import Path
+
+
+def run(boefje_meta):
+    \"\"\"Start a `sleep` child and a daemon that double-forked and left the session (setsid), write
+    their pids (and ours) to the pid file, then hang (bounded), return, or end the worker.\"\"\"
+    arguments = boefje_meta["arguments"]
+    lifetime = arguments.get("lifetime", 60)
+    read_end, write_end = os.pipe()
+    middle = os.fork()
+    if middle == 0:
+        try:
+            if os.fork() == 0:
+                os.setsid()
+                os.write(write_end, str(os.getpid()).encode())
+                time.sleep(lifetime)
+        finally:
+            os._exit(0)
+    os.waitpid(middle, 0)
+    daemon = int(os.read(read_end, 32))
+    os.close(read_end)
+    os.close(write_end)
+    sleeper = subprocess.Popen(["sleep", str(lifetime)])
+    record = {"worker": os.getpid(), "children": [daemon, sleeper.pid]}
+    Path(arguments["pid_file"] + ".tmp").write_text(json.dumps(record))
+    os.rename(arguments["pid_file"] + ".tmp", arguments["pid_file"])
+    then = arguments.get("then", "hang")
+    if then == "exit":
+        os._exit(3)
+    if then == "hang":
+        time.sleep(arguments.get("hang", 30))
+    return [({"text/plain"}, b"daemonized")]
+"""
+_daemonize: dict = {}
+exec(compile(DAEMONIZE_SOURCE, "<daemonize boefje>", "exec"), _daemonize)
+daemonize = _daemonize["run"]
+
+
 def ignore_sigterm(meta: dict) -> list:
     """Ignore SIGTERM (for the rest of this process's life), then hold until released (bounded)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -124,6 +166,7 @@ def registry() -> BoefjeRegistry:
         "stdout-flood": stdout_flood,
         "fork-and-leave": fork_and_leave,
         "ignore-sigterm": ignore_sigterm,
+        "daemonize": daemonize,
         "big-output": big_output,
         "dump-environment": dump_environment,
         "leak-environment": leak_environment,

@@ -3,21 +3,34 @@ driven one step at a time with an injected clock."""
 
 from __future__ import annotations
 
+import re
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
-from boefje_runtime import BoefjeAPIClient, TaskFilter
+from boefje_runtime import BoefjeAPIClient, TaskFilter, process_tree
 from boefje_runtime.models import Task
 from boefje_runtime.pool import PoolSettings, WorkerPool
 from boefje_runtime.pool.backoff import ErrorBackoff, IdleBackoff, StartupGuard
 from boefje_runtime.pool.dedup import group_duplicates
+from boefje_runtime.pool.exits import TaskExit, Ticket
+from boefje_runtime.pool.lifecycle import (
+    MARGIN,
+    TRANSITIONS,
+    Bounds,
+    IllegalTransition,
+    WorkerState,
+    call_bound,
+    check,
+)
 from boefje_runtime.pool.limits import retire_reason
-from boefje_runtime.pool.process import describe_exit
+from boefje_runtime.pool.process import WorkerHandle, describe_exit
 from boefje_runtime.testing import make_task
 
 from . import pool_boefjes
+from .helpers import FAST_RETRY
 
 
 def test_idle_backoff_stays_short_right_after_work_then_doubles_up_to_the_poll_interval():
@@ -71,6 +84,7 @@ def test_exits_are_described_with_the_signal_and_the_likely_oom():
     assert describe_exit(3) == "exited with code 3"
     assert "SIGSEGV" in describe_exit(-signal.SIGSEGV)
     assert "OOM killer is the likely cause" in describe_exit(-signal.SIGKILL)
+    assert "the runtime did not send it" in describe_exit(-signal.SIGKILL)
     assert "out of memory" in describe_exit(-signal.SIGKILL, oom_kills=1)
 
 
@@ -78,6 +92,56 @@ def test_retire_reasons():
     assert retire_reason(2, None, None) is None
     assert retire_reason(2, 2, None) == "max tasks per child reached (2 tasks)"
     assert retire_reason(1, 5, 0.001).startswith("max memory per child passed")
+
+
+# -- the worker lifecycle and the task-exit table ------------------------------------------------------
+
+
+def test_every_move_outside_the_transition_table_is_refused():
+    for old in WorkerState:
+        for new in WorkerState:
+            if new in TRANSITIONS[old]:
+                check(old, new)
+            else:
+                with pytest.raises(IllegalTransition):
+                    check(old, new)
+    assert TRANSITIONS[WorkerState.KILLED] == frozenset(), "nothing comes back from KILLED"
+
+
+def test_each_state_has_its_own_deadline():
+    bounds = Bounds(startup=60.0, task_timeout=5.0, call=2.0)
+    assert bounds.deadline(WorkerState.STARTING, 100.0) == 160.0
+    assert bounds.deadline(WorkerState.BUSY, 100.0) == 105.0
+    assert bounds.deadline(WorkerState.DELIVERING, 100.0, calls=3) == 100.0 + 3 * 2.0 + MARGIN
+    assert bounds.deadline(WorkerState.IDLE, 100.0) is None
+    assert Bounds(startup=1.0, task_timeout=None, call=1.0).deadline(WorkerState.BUSY, 0.0) is None
+    # the client's default policy: 5 tries of 30 s, waits up to 5 s, but none started after 60 s
+    assert call_bound(attempts=5, total_seconds=60.0, max_wait=5.0, timeout=30.0) == 90.0
+    assert call_bound(attempts=2, total_seconds=60.0, max_wait=0.5, timeout=1.0) == 2.5
+
+
+def test_a_handle_needs_a_pid_so_no_kill_can_reach_pid_0():
+    import multiprocessing
+
+    unstarted = multiprocessing.get_context("fork").Process(target=print)
+    with pytest.raises(ValueError, match="pid"):
+        WorkerHandle(unstarted, None, 0.0, Bounds(startup=1.0, task_timeout=None, call=1.0))
+    for not_a_process in (0, -1):
+        with pytest.raises(ValueError):
+            process_tree.kill_tree(not_a_process)
+
+
+def test_the_docs_table_of_task_exits_is_the_codes():
+    text = (Path(__file__).resolve().parent.parent / "docs" / "task-exits.md").read_text()
+    rows = re.findall(r"^\| `(\w+)` \|[^|]*\| (\w+) \|", text, flags=re.MULTILINE)
+    assert rows == [(how.outcome, how.action.value) for how in TaskExit]
+
+
+def test_a_malformed_popped_task_gets_a_ticket_only_with_an_id():
+    assert Ticket.of_malformed({"id": "t1", "data": 5}) == Ticket("t1", "unknown", raw={"id": "t1", "data": 5})
+    ticket = Ticket.of_malformed({"id": "t2", "data": {"boefje": {"id": "dns", "version": "1"}}, "organisation": "o"})
+    assert (ticket.boefje_id, ticket.version, ticket.organisation) == ("dns", "1", "o")
+    assert Ticket.of_malformed({"id": ""}) is None and Ticket.of_malformed([1]) is None
 
 
 class FakeClock:
@@ -124,26 +188,155 @@ def test_an_idle_pool_pops_at_most_once_per_poll_interval(boefje_api, stepped_po
     assert 60 <= pops <= 60 + 12  # one per 10 s, plus the short waits while backing off
 
 
-def test_an_overdue_task_is_killed_at_the_step_after_its_deadline(boefje_api, stepped_pool, tmp_path):
-    pool, clock = stepped_pool
-    arguments = {"pid_file": str(tmp_path / "pid"), "release_file": str(tmp_path / "never"), "max_wait": 30}
-    task_id = boefje_api.enqueue(make_task("hold", oci_image=pool_boefjes.IMAGE, arguments=arguments))
-    deadline = time.monotonic() + 10
-    while not (tmp_path / "pid").exists():
-        assert time.monotonic() < deadline, "the task did not start"
-        clock.now += 0.05
+def hold(tmp_path, name: str = "held", max_wait: float = 30) -> tuple[str, dict]:
+    arguments = {"pid_file": str(tmp_path / f"{name}.pid"), "release_file": str(tmp_path / f"{name}.release"),
+                 "max_wait": max_wait}
+    return name, make_task("hold", oci_image=pool_boefjes.IMAGE, arguments=arguments)
+
+
+def step_until(pool, clock, predicate, what: str, timeout: float = 10.0, tick: float = 0.01) -> None:
+    """Step (the fake clock moving ``tick`` a step) until ``predicate()``, within ``timeout`` real seconds:
+    for what real processes do in real time (boot, report)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        clock.now += tick
         pool.step()
         time.sleep(0.005)
 
-    started = pool.workers[0].assignment.started  # the deadline counts from here, not from the pid file
-    clock.now = started + 4.9
+
+def simulate(pool, clock, seconds: float, cap: int = 5000) -> int:
+    """Drive the loop as ``run()`` does, on the fake clock: step, then let the wait it returns pass
+    (in simulated time). Returns the number of steps in ``seconds`` simulated seconds; a loop that
+    keeps answering "wait 0 s" hits ``cap`` steps without the clock moving."""
+    end, steps = clock.now + seconds, 0
+    while clock.now < end and steps < cap and pool.phase != "stopped":
+        wait = pool.step()
+        steps += 1
+        clock.now += min(wait, end - clock.now)
+    return steps
+
+
+def busy_worker(pool):
+    return next((worker for worker in pool.workers if worker.state is WorkerState.BUSY), None)
+
+
+def test_an_overdue_task_is_killed_at_the_step_after_its_deadline(boefje_api, stepped_pool, tmp_path):
+    pool, clock = stepped_pool
+    _, held = hold(tmp_path)
+    task_id = boefje_api.enqueue(held)
+    step_until(pool, clock, lambda: busy_worker(pool) is not None, "the boefje to run")
+    worker = busy_worker(pool)
+
+    clock.now = worker.since + 4.9  # the deadline counts from the boefje's start, not from the pid file
     pool.step()
-    assert pool.workers[0].kill_reason is None
-    clock.now = started + 5.1
+    assert worker.state is WorkerState.BUSY
+    clock.now = worker.since + 5.1
     pool.step()
-    assert pool.workers[0].kill_reason == "timed out after 5 s"
-    deadline = time.monotonic() + 10
-    while boefje_api.status(task_id) != "failed":
-        assert time.monotonic() < deadline, "the task was not failed"
-        pool.step()
-        time.sleep(0.005)
+    assert worker.state is WorkerState.KILLED and worker.why == "timed out after 5 s"
+    step_until(pool, clock, lambda: boefje_api.status(task_id) == "failed", "the task to be failed", tick=0.0)
+
+
+# -- the loop never spins: steps per simulated second in each phase of waiting ----------------------
+
+
+@pytest.fixture
+def pool_of(boefje_api):
+    """``pool_of(**settings)``: a pool driven by a fake clock, its workers booted (real time)."""
+    made = []
+
+    def make(**settings):
+        clock = FakeClock()
+        options = {"pool_size": 1, "poll_interval": 10.0, "task_timeout": None, "shutdown_timeout": 5.0, **settings}
+        client = BoefjeAPIClient(boefje_api.url, timeout=0.5, retry=FAST_RETRY)
+        pool = WorkerPool(client, TaskFilter([pool_boefjes.IMAGE]),
+                          registry=pool_boefjes.registry(), settings=PoolSettings(**options), clock=clock)
+        made.append((pool, clock))
+        step_until(pool, clock, lambda: sum(w.ready for w in pool.workers) == options["pool_size"],
+                   "the workers to come up")
+        return pool, clock
+
+    yield make
+    for pool, clock in made:
+        pool.request_shutdown(immediate=True)
+        deadline = time.monotonic() + 20
+        while pool.phase != "stopped" and time.monotonic() < deadline:
+            clock.now += 0.5
+            pool.step()
+            time.sleep(0.002)
+        pool._close()
+
+
+def test_no_spin_while_the_task_limit_is_reached_and_a_task_runs(boefje_api, pool_of, tmp_path):
+    # Given a pool of 2 at its task limit (1), its one task running
+    pool, clock = pool_of(pool_size=2, max_tasks=1)
+    _, held = hold(tmp_path)
+    boefje_api.enqueue(held)
+    step_until(pool, clock, lambda: busy_worker(pool) is not None, "the boefje to run")
+
+    # When it waits for that task for 20 simulated seconds
+    steps = simulate(pool, clock, 20.0)
+
+    # Then it steps about once a heartbeat (1 s), not in a loop
+    assert steps <= 25, f"{steps} steps in 20 s"
+
+
+def test_no_spin_after_a_timeout_kill(boefje_api, pool_of, tmp_path):
+    # Given a task that times out after 2 s
+    pool, clock = pool_of(task_timeout=2.0)
+    _, held = hold(tmp_path)
+    task_id = boefje_api.enqueue(held)
+    step_until(pool, clock, lambda: busy_worker(pool) is not None, "the boefje to run")
+
+    # When the 2 s pass and the loop goes on for 10 simulated seconds
+    steps = simulate(pool, clock, 10.0)
+
+    # Then the kill, the reaping and the closing cost a few steps, not a spin until the reap
+    assert steps <= 20, f"{steps} steps in 10 s"
+    step_until(pool, clock, lambda: boefje_api.status(task_id) == "failed", "the task to be failed", tick=0.0)
+
+
+def test_no_spin_while_draining_past_the_deadline_with_the_api_down(boefje_api, pool_of, tmp_path):
+    # Given a running task, a drain with a 1 s grace period, and an API that is down
+    pool, clock = pool_of(shutdown_timeout=1.0)
+    _, held = hold(tmp_path)
+    boefje_api.enqueue(held)
+    step_until(pool, clock, lambda: busy_worker(pool) is not None, "the boefje to run")
+    boefje_api.stop()
+    pool.request_shutdown()
+
+    # When the drain kills the task at its deadline and then cannot close it for 12 simulated seconds
+    steps = simulate(pool, clock, 12.0)
+
+    # Then the loop waited for its deadlines and back-offs: about one step a second
+    assert steps <= 30, f"{steps} steps in 12 s"
+    assert pool.phase == "stopped" and pool.exit_code != 0, "the unreachable API is reported in the exit code"
+    boefje_api.start()
+
+
+def test_no_spin_while_idle_with_the_api_down(boefje_api, pool_of):
+    # Given an idle pool whose API is down
+    pool, clock = pool_of()
+    boefje_api.stop()
+
+    # When a simulated minute passes
+    steps = simulate(pool, clock, 60.0)
+
+    # Then it stepped about once a heartbeat, the pops backing off in between
+    assert steps <= 75, f"{steps} steps in 60 s"
+    boefje_api.start()
+
+
+def test_the_task_timeout_does_not_count_the_delivery(boefje_api, pool_of):
+    # Given a 1 s task timeout and an output POST the API answers only after 2 s
+    pool, clock = pool_of(task_timeout=1.0)
+    boefje_api.inject("output", delay=2.0)
+    task_id = boefje_api.enqueue(make_task("hello", oci_image=pool_boefjes.IMAGE, input_ooi="x"))
+
+    # When the loop runs with the clock at real speed (one step per 10 ms of both)
+    step_until(pool, clock, lambda: boefje_api.status(task_id) != "dispatched" and any(
+        w.state is WorkerState.DELIVERING for w in pool.workers), "the delivery to start")
+    step_until(pool, clock, lambda: boefje_api.status(task_id) == "completed", "the delivery", timeout=15)
+
+    # Then the boefje's output landed: the delivery was not killed as a timeout
+    assert boefje_api.files(task_id)[0]["content"] == b"hi x"

@@ -6,8 +6,12 @@ in the supervisor's loop: keep them fast and never raise.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+logger = logging.getLogger("boefje_runtime.pool")
 
 
 class PoolEvents:
@@ -28,6 +32,16 @@ class PoolEvents:
     def api_reachable(self, reachable: bool, now: float) -> None: ...
 
     def draining(self) -> None: ...
+
+
+def emit(listeners: Iterable[PoolEvents], event: str, *args: object) -> None:
+    """Call ``event`` on every listener; one that raises is logged and the others still hear it
+    (a broken metrics exporter must not take the supervisor down)."""
+    for listener in listeners:
+        try:
+            getattr(listener, event)(*args)
+        except Exception:
+            logger.exception("Pool event listener %r failed on %s", listener, event)
 
 
 @dataclass

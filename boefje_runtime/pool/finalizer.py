@@ -1,148 +1,310 @@
-"""Closing tasks the supervisor is left holding: a worker died, timed out, or could not reach the API.
+"""The finalizer: carries out each task exit (exits.py) on the Boefje API until the task is closed.
 
-No task may stay ``dispatched`` or ``running``. The supervisor asks the API where a task stands
-before acting, because a PATCH to ``running`` on a task whose output already landed would reopen
-it (the scheduler does not guard transitions). Jobs that meet API errors are retried with back-off
-instead of blocking the supervisor's loop.
+Every task that leaves the pool comes through :meth:`Finalizer.settle`, which logs the line that
+ends it and, when the exit needs API calls, queues a job. A job is a small state machine, one API
+call per stage (:class:`Stage`), worked through by the supervisor's loop:
+
+- at most :data:`STEP_BUDGET` seconds of calls are *started* per loop step, so one step blocks for
+  at most that plus one call's timeout, and worker messages and time limits are never starved;
+- after a connection error (or a 5xx/429: the API is in trouble), the rest of the pass waits: the
+  circuit is open until the error back-off passes, for every job (one dead API costs one timeout per
+  back-off, not one per job);
+- a 404 ends a job at once: the API no longer knows the task, nothing is left to do;
+- any other 4xx takes the stage's fallback (exits.py says which), so a refusal never leaves a task
+  open; a job that keeps failing is retried with back-off up to :data:`MAX_TRIES` times, then
+  reported as abandoned (and the pool's exit code says so).
+
+The API is asked where a task stands before acting, because a PATCH to ``running`` on a task whose
+output already landed would reopen it (the scheduler does not guard transitions).
 """
 
 from __future__ import annotations
 
+import enum
 import logging
+import time
 from dataclasses import dataclass, field
 
 from ..client import BoefjeAPIClient
-from ..errors import APIError, APIStatusError, ParseError
+from ..errors import APIConnectionError, APIError, APIStatusError, ParseError
 from ..execution import failure_output
-from ..models import Task, TaskStatus
+from ..logs import log_context
+from ..models import TaskStatus
+from ..retry import NOT_PROCESSED
 from .backoff import ErrorBackoff
+from .events import PoolEvents
+from .exits import Action, TaskExit, Ticket
 
 logger = logging.getLogger("boefje_runtime.pool")
 
 #: Give up on a task after this many failed tries (the API is gone for good; say so loudly).
 MAX_TRIES = 50
+#: Calls are started only during the first this-many seconds of a loop step (real time).
+STEP_BUDGET = 0.2
+#: When to look again at a task whose running PATCH may land late, in request timeouts after closing.
+#: A request the client gave up on is rarely handled much later than that; twice costs two GETs.
+RECHECK_AFTER = (3, 10)
+#: Statuses in which a task is still open: someone must close it.
+OPEN = (TaskStatus.DISPATCHED, TaskStatus.RUNNING)
+
+
+class Stage(enum.Enum):
+    """One API call of a job."""
+
+    LOOK = "GET the task's status"
+    START = "PATCH running (the API takes output only from a running task)"
+    POST = "POST the FAILED output with its error file"
+    LOOK_AGAIN = "GET the status after the error file was refused"
+    MARK_FAILED = "PATCH failed"
+    PUSH = "push the task back to the queue"
+    MARK_QUEUED = "PATCH queued"
+    RECHECK = "GET the status, for a late running PATCH"
+    RECLOSE = "PATCH the status it was closed with"
+
+
+#: Stages that only guard against a late PATCH: best effort, the pool may stop without them.
+_LATE = (Stage.RECHECK, Stage.RECLOSE)
 
 
 @dataclass
-class _Job:
-    task: Task
-    #: FAIL: post a FAILED output saying ``reason``. REQUEUE: a duplicate that never ran goes back.
-    #: PUSH: popped but never started. RECHECK: make sure a late PATCH did not reopen a closed task.
-    action: str
+class Job:
+    ticket: Ticket
+    exit: TaskExit
     reason: str
-    due: float = 0.0
+    stage: Stage
+    due: float
     tries: int = 0
+    #: What is being done: the exit's action, until a refusal turns it into CLOSE.
+    action: Action = Action.NOTHING
     #: RECHECK: the status the task was closed with, and when to look again after this look.
     closed: TaskStatus | None = None
     later: list[float] = field(default_factory=list)
 
-
-FAIL, REQUEUE, PUSH, RECHECK = "fail", "requeue", "push", "recheck"
-
-#: When to look again at a task whose running PATCH may land late, in request timeouts after closing.
-#: A request the client gave up on is rarely handled much later than that; twice costs two GETs.
-RECHECK_AFTER = (3, 10)
+    @property
+    def blocking(self) -> bool:
+        """Must finish before the pool may stop."""
+        return self.stage not in _LATE
 
 
-def _recheck_job(task: Task, closed: TaskStatus, now: float, timeout: float) -> _Job:
-    first, *rest = (now + factor * timeout for factor in RECHECK_AFTER)
-    return _Job(task, RECHECK, "a late running PATCH", due=first, closed=closed, later=rest)
+class _Done(Exception):
+    """A job has nothing left to do."""
 
 
 class Finalizer:
-    """A queue of tasks to close, worked through by the supervisor's loop."""
+    """Task exits, carried out on the API by the supervisor's loop (see the module docstring)."""
 
-    def __init__(self, client: BoefjeAPIClient, queue: str = "boefje") -> None:
+    def __init__(self, client: BoefjeAPIClient, queue: str = "boefje", listeners: list[PoolEvents] | None = None,
+                 clock=time.monotonic) -> None:
         self.client = client
         self.queue = queue
-        self.jobs: list[_Job] = []
+        #: The pool's own list (not a copy): listeners added after construction are heard too.
+        self.listeners = listeners if listeners is not None else []
+        self.jobs: list[Job] = []
         self.abandoned: list[str] = []
         self._backoff = ErrorBackoff(first=0.5, ceiling=30.0)
+        #: No call before this time (the supervisor's clock): the circuit is open.
+        self.open_until = float("-inf")
+        #: Real time, for the step budget (the supervisor's clock may be a test's).
+        self._real_clock = clock
 
-    def fail(self, task: Task, reason: str, now: float) -> None:
-        self.jobs.append(_Job(task, FAIL, reason, due=now))
+    # -- the one way in --------------------------------------------------------------------------
 
-    def requeue(self, task: Task, now: float) -> None:
-        self.jobs.append(_Job(task, REQUEUE, "duplicate whose leader did not finish", due=now))
+    def settle(
+        self,
+        ticket: Ticket,
+        how: TaskExit,
+        now: float,
+        *,
+        reason: str | None = None,
+        duration: float | None = None,
+        status_code: int | None = None,
+        recheck: bool = False,
+        acted: bool = False,
+        notify: bool = True,
+    ) -> None:
+        """``ticket``'s task left the pool ``how``: log the line that ends it, and queue what its
+        exit needs on the API (nothing when ``acted``: the worker did it already). ``recheck``:
+        the worker's running PATCH may land late; look again later."""
+        reason = reason or how.text
+        extra = {"outcome": how.outcome, "duration_s": round(duration, 3) if duration is not None else None}
+        if status_code is not None:
+            extra["status_code"] = status_code
+        with log_context(**ticket.log_fields()):
+            if how.action is Action.CLOSE:
+                logger.error("Task failed: %s", reason, extra=extra)
+            elif how in (TaskExit.COMPLETED, TaskExit.DUPLICATE_DELIVERED):
+                logger.info("Task %s", how.reason(), extra=extra)
+            else:
+                logger.info("Task %s: %s", how.outcome.replace("_", " "), reason, extra=extra)
+        if notify:
+            for listener in self.listeners:
+                listener.task_finished(ticket.boefje_id, how.outcome, duration or 0.0)
+        if acted:
+            return
+        if how.action is Action.CLOSE:
+            # A malformed task was just popped by us: it is dispatched, and GET could not parse it.
+            first = Stage.START if how is TaskExit.MALFORMED else Stage.LOOK
+            self.jobs.append(Job(ticket, how, reason, first, due=now, action=how.action))
+        elif how.action is Action.PUSH:
+            self.jobs.append(Job(ticket, how, reason, Stage.PUSH, due=now, action=how.action))
+        elif how.action is Action.REQUEUE:
+            self.jobs.append(Job(ticket, how, reason, Stage.LOOK, due=now, action=how.action))
+        elif recheck and how in (TaskExit.COMPLETED, TaskExit.FAILED, TaskExit.DUPLICATE_DELIVERED):
+            closed = TaskStatus.FAILED if how is TaskExit.FAILED else TaskStatus.COMPLETED
+            self._recheck(ticket, how, closed, now)
 
-    def push_back(self, task: Task, now: float) -> None:
-        self.jobs.append(_Job(task, PUSH, "popped but not started", due=now))
-
-    def recheck(self, task: Task, closed: TaskStatus, now: float, timeout: float) -> None:
-        """The scheduler does not guard transitions: a running PATCH that lands after the output
-        reopens the task. Look again later and close it again if that happened."""
-        self.jobs.append(_recheck_job(task, closed, now, timeout))
+    # -- what the loop asks ----------------------------------------------------------------------
 
     @property
-    def blocking(self) -> list[_Job]:
+    def blocking(self) -> list[Job]:
         """Jobs that must finish before the pool may stop (rechecks are best effort)."""
-        return [job for job in self.jobs if job.action != RECHECK]
+        return [job for job in self.jobs if job.blocking]
 
     def __len__(self) -> int:
         return len(self.jobs)
 
     def next_due(self) -> float | None:
-        return min((job.due for job in self.jobs), default=None)
+        """When the loop should call :meth:`run` next (None: nothing to do)."""
+        if not self.jobs:
+            return None
+        return max(min(job.due for job in self.jobs), self.open_until)
 
     def run(self, now: float) -> None:
-        """Try every job that is due; keep the ones that met an API error."""
-        remaining = []
-        for job in self.jobs:
-            if job.due > now:
-                remaining.append(job)
-                continue
-            try:
-                closed_by_us = self._close(job)
-                self._backoff.succeeded()
-                if closed_by_us:
-                    # The dead worker's running PATCH may still be in flight and reopen the task.
-                    remaining.append(_recheck_job(job.task, TaskStatus.FAILED, now, self.client.timeout))
-                if job.action == RECHECK and job.later:
-                    job.due, job.later = job.later[0], job.later[1:]
-                    remaining.append(job)
-            except (APIError, ParseError) as exc:
-                job.tries += 1
-                if job.tries >= MAX_TRIES:
-                    logger.error("Giving up on task %s after %d tries: %s", job.task.id, job.tries, exc)
-                    self.abandoned.append(job.task.id)
-                    continue
-                job.due = now + self._backoff.failed()
-                logger.warning("Could not close task %s yet (%s); trying again later", job.task.id, exc)
-                remaining.append(job)
-        self.jobs = remaining
+        """Advance the due jobs, one API call at a time, within the step budget."""
+        if now < self.open_until:
+            return
+        started = self._real_clock()
+        for job in sorted((job for job in self.jobs if job.due <= now), key=lambda job: job.due):
+            while job in self.jobs and job.due <= now:
+                if now < self.open_until or self._real_clock() - started > STEP_BUDGET:
+                    return
+                self._advance(job, now)
 
-    def _close(self, job: _Job) -> bool:
-        """Do the job; True when it was a FAIL that this call closed (the others return False)."""
-        task = job.task
-        if job.action == PUSH:
-            self.client.push(task, self.queue)
-            logger.info("Pushed task %s back to the queue unchanged", task.id)
-            return False
-        status = self.client.get_task(task.id).status
-        if job.action == RECHECK:
-            if status is TaskStatus.RUNNING and job.closed is not None:
-                self.client.patch_status(task.id, job.closed)
-                logger.warning("Task %s was reopened by a late running PATCH; set it back to %s",
-                               task.id, job.closed.value)
-            return False
-        if job.action == REQUEUE:
-            if status in (TaskStatus.DISPATCHED, TaskStatus.RUNNING):
-                self.client.patch_status(task.id, TaskStatus.QUEUED)
-                logger.info("Put duplicate task %s back on the queue", task.id)
-            return False
-        if status not in (TaskStatus.DISPATCHED, TaskStatus.RUNNING):
-            return False  # closed meanwhile (its output landed, or someone else settled it)
-        if status is TaskStatus.DISPATCHED:
-            self.client.patch_status(task.id, TaskStatus.RUNNING)
-        boefje = task.data.boefje
-        try:
-            self.client.post_output(task.id, failure_output(boefje.id, boefje.version, job.reason))
-        except APIStatusError as exc:
-            if exc.status_code == 403:
-                return False  # no longer running: it was closed meanwhile
-            if exc.status_code is not None and exc.status_code < 500:
-                self.client.patch_status(task.id, TaskStatus.FAILED)  # the API refused our error file
-            else:
-                raise
-        logger.error("Task %s failed: %s", task.id, job.reason)
-        return True
+    # -- one call ----------------------------------------------------------------------------------
+
+    def _advance(self, job: Job, now: float) -> None:
+        with log_context(**job.ticket.log_fields()):
+            try:
+                job.stage = self._call(job, now)
+            except _Done:
+                self.jobs.remove(job)
+                return
+            except (APIError, ParseError) as exc:
+                self._failed(job, exc, now)
+                return
+            self._backoff.succeeded()
+            job.tries = 0
+
+    def _failed(self, job: Job, exc: Exception, now: float) -> None:
+        status = getattr(exc, "status_code", None)
+        if isinstance(exc, APIStatusError) and status == 404:
+            logger.info("Task is gone from the Boefje API (404 on %s); nothing left to do", job.stage.name,
+                        extra={"outcome": TaskExit.GONE.outcome, "status_code": 404})
+            self.jobs.remove(job)
+            return
+        if isinstance(exc, APIStatusError) and status is not None and 400 <= status < 500 \
+                and status not in NOT_PROCESSED:
+            fallback = self._fallback(job)
+            if fallback is not None:
+                logger.warning("The Boefje API refused to %s (%s); now: %s", job.stage.value, exc, fallback.value,
+                               extra={"status_code": status})
+                job.stage = fallback
+                return
+        job.tries += 1
+        if job.tries >= MAX_TRIES:
+            logger.error("Giving up on the task after %d tries: %s", job.tries, exc,
+                         extra={"outcome": "abandoned", "status_code": status})
+            self.jobs.remove(job)
+            if job.blocking:
+                self.abandoned.append(job.ticket.id)
+            return
+        if isinstance(exc, APIConnectionError) or (status is not None and (status >= 500 or status in NOT_PROCESSED)):
+            # The API is in trouble, not this task: every job waits (the circuit opens).
+            self.open_until = now + self._backoff.failed()
+            job.due = self.open_until
+            logger.warning("Could not %s yet (%s); the finalizer pauses %.1f s", job.stage.value, exc,
+                           self.open_until - now, extra={"status_code": status})
+            for listener in self.listeners:
+                listener.api_error("finalizer")
+        else:
+            job.due = now + min(0.5 * 2 ** (job.tries - 1), 30.0)
+            logger.warning("Could not %s yet (%s); trying again in %.1f s", job.stage.value, exc, job.due - now,
+                           extra={"status_code": status})
+
+    @staticmethod
+    def _fallback(job: Job) -> Stage | None:
+        """The next stage after a 4xx refusal (not 404): exits.py's table. None: retry the stage."""
+        if job.stage is Stage.START:
+            return Stage.MARK_FAILED  # it cannot take an error file: fail it without one
+        if job.stage is Stage.POST:
+            return Stage.LOOK_AGAIN  # closed meanwhile, or refused: look before failing it
+        if job.stage is Stage.PUSH:
+            return Stage.MARK_QUEUED
+        if job.stage is Stage.MARK_QUEUED:  # it cannot go back to the queue: fail it, saying why
+            job.reason = f"the task could not be given back to the queue ({job.reason})"
+            job.action = Action.CLOSE
+            return Stage.LOOK
+        return None
+
+    def _call(self, job: Job, now: float) -> Stage:
+        """Make the stage's call; return the next stage, or raise _Done."""
+        client, ticket = self.client, job.ticket
+        stage = job.stage
+        if stage in (Stage.LOOK, Stage.LOOK_AGAIN, Stage.RECHECK):
+            status = client.get_task(ticket.id).status
+            if stage is Stage.RECHECK:
+                if status is TaskStatus.RUNNING and job.closed is not None:
+                    return Stage.RECLOSE
+                return self._next_recheck(job)
+            if status not in OPEN:
+                logger.info("Task is %s already; nothing left to do", status.value)
+                raise _Done
+            if stage is Stage.LOOK_AGAIN:
+                return Stage.MARK_FAILED
+            if job.action is Action.REQUEUE:
+                return Stage.MARK_QUEUED
+            return Stage.START if status is TaskStatus.DISPATCHED else Stage.POST
+        if stage is Stage.START:
+            client.patch_status(ticket.id, TaskStatus.RUNNING)
+            return Stage.POST
+        if stage is Stage.POST:
+            client.post_output(ticket.id, failure_output(ticket.boefje_id, ticket.version, job.reason))
+            logger.info("Closed the task as failed, with an error file saying why")
+            self._closed(job, now)
+        if stage is Stage.MARK_FAILED:
+            client.patch_status(ticket.id, TaskStatus.FAILED)
+            logger.info("Marked the task failed (the API took no error file)")
+            self._closed(job, now)
+        if stage is Stage.PUSH:
+            client.push(ticket.raw if ticket.raw is not None else {"id": ticket.id}, self.queue)
+            logger.info("Pushed the task back to the queue unchanged")
+            raise _Done
+        if stage is Stage.MARK_QUEUED:
+            client.patch_status(ticket.id, TaskStatus.QUEUED)
+            logger.info("Put the task back on the queue")
+            raise _Done
+        if stage is Stage.RECLOSE:
+            assert job.closed is not None
+            client.patch_status(ticket.id, job.closed)
+            logger.warning("The task was reopened by a late running PATCH; set it back to %s", job.closed.value)
+            return self._next_recheck(job)
+        raise AssertionError(f"unknown stage {stage}")  # pragma: no cover
+
+    def _closed(self, job: Job, now: float) -> None:
+        """We closed the task: a late running PATCH of its worker may still reopen it."""
+        if job.exit is not TaskExit.MALFORMED:  # no worker ever PATCHed a malformed task
+            self._recheck(job.ticket, job.exit, TaskStatus.FAILED, now)
+        raise _Done
+
+    def _recheck(self, ticket: Ticket, how: TaskExit, closed: TaskStatus, now: float) -> None:
+        first, *rest = (now + factor * self.client.timeout for factor in RECHECK_AFTER)
+        self.jobs.append(Job(ticket, how, "a late running PATCH", Stage.RECHECK, due=first, closed=closed,
+                             later=rest))
+
+    @staticmethod
+    def _next_recheck(job: Job) -> Stage:
+        if not job.later:
+            raise _Done
+        job.due, job.later = job.later[0], job.later[1:]
+        return Stage.RECHECK
+

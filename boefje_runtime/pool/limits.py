@@ -1,25 +1,11 @@
-"""Per-task time limits and worker recycling: pure decisions, kept out of the loop."""
+"""Worker recycling (max tasks and memory per child): pure decisions the worker makes after each task."""
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable
-
-from .process import WorkerHandle
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def overdue(workers: Iterable[WorkerHandle], now: float, timeout: float | None) -> list[WorkerHandle]:
-    """Workers whose current task has run longer than ``timeout`` seconds."""
-    if not timeout:
-        return []
-    return [
-        worker
-        for worker in workers
-        if worker.assignment is not None and worker.kill_reason is None and now - worker.assignment.started > timeout
-    ]
 
 
 def resident_mib() -> float:

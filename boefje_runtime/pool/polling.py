@@ -5,27 +5,44 @@ back-off (an empty queue is asked at most once per poll interval once it stays e
 error back-off (capped, jittered) both set ``next_pop``. Kept out of the supervisor so its loop
 reads as "pop for free workers" and the pacing can be read in one place.
 
-The supervisor still decides when the pool ends (the task limit, burst mode): the poller only
-pops. It is handed the workers and the groups the supervisor holds, and never imports it.
+Two small methods are the poller's policy, so a pop policy (e.g. deduplication's bigger pops) can
+replace them: :meth:`Poller.demand` (how many to pop) and :meth:`Poller.take` (what to do with the
+answer: groups to run, malformed tasks to close, surplus to push back). The supervisor still decides
+when the pool ends (the task limit, burst mode) and hands every task exit to the finalizer. The
+poller is handed the workers and the groups the supervisor holds, and never imports it.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sized
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..client import BoefjeAPIClient
 from ..errors import APIError, ParseError
 from ..filters import TaskFilter
-from ..models import Task, TaskStatus
+from ..models import Task
 from .backoff import ErrorBackoff, IdleBackoff
 from .dedup import group_duplicates
 from .events import PoolEvents
+from .exits import Ticket
 from .process import WorkerHandle
 from .settings import PoolSettings
 
 logger = logging.getLogger("boefje_runtime.pool")
+
+
+@dataclass
+class Answer:
+    """What to do with one pop's answer."""
+
+    #: Groups to run, in pop order (the first task of a group runs; the others are its duplicates).
+    groups: list[list[Task]] = field(default_factory=list)
+    #: Popped tasks that do not parse but have an id, with the reason: closed as MALFORMED.
+    malformed: list[tuple[Ticket, str]] = field(default_factory=list)
+    #: Popped tasks the pool should not hold: pushed back at once (PUSHED_BACK).
+    surplus: list[Task] = field(default_factory=list)
 
 
 class Poller:
@@ -41,25 +58,36 @@ class Poller:
         #: Tasks popped so far, malformed ones included (what the task limit counts).
         self.popped = 0
 
-    def wanted(self, workers: Iterable[WorkerHandle], held: Sized) -> int:
+    @property
+    def exhausted(self) -> bool:
+        """The task limit (``max_tasks``) is reached: nothing more will be popped."""
+        return self.settings.max_tasks is not None and self.popped >= self.settings.max_tasks
+
+    def demand(self, workers: Iterable[WorkerHandle], held: Sized) -> int:
         """How many tasks to pop now: one per idle worker (and per worker that is only delivering
-        its output, with pop-ahead), plus the prefetch, minus what we already hold."""
+        its output, with pop-ahead), plus the prefetch, minus what we already hold; never past the
+        task limit. Zero or less: none."""
         free = 0
         for worker in workers:
-            if worker.idle or (self.settings.pop_ahead and worker.finishing and worker.retiring is None):
+            if worker.takes_task or (self.settings.pop_ahead and worker.free_soon):
                 free += 1
-        return free + self.settings.prefetch - len(held)
+        want = free + self.settings.prefetch - len(held)
+        if self.settings.max_tasks is not None:
+            want = min(want, self.settings.max_tasks - self.popped)
+        return want
 
     def worth_popping(self, want: int, workers: Iterable[WorkerHandle], held: Sized) -> bool:
         """With a prefetch, pop in batches of ``prefetch + 1`` (2 + 1/(prefetch+1) requests per task)
         instead of one pop per finished task; but never while a worker sits idle with nothing held."""
-        idle = sum(1 for worker in workers if worker.idle)
-        return idle > len(held) or want > self.settings.prefetch
+        if want <= 0:
+            return False
+        idle = sum(1 for worker in workers if worker.takes_task)
+        last_batch = self.settings.max_tasks is not None and want >= self.settings.max_tasks - self.popped
+        return idle > len(held) or want > self.settings.prefetch or last_batch
 
     def next_due(self, workers: list[WorkerHandle], held: Sized) -> float | None:
         """When the loop should wake up to pop, or None when it wants nothing (waking would spin)."""
-        want = self.wanted(workers, held)
-        if want > 0 and self.worth_popping(want, workers, held):
+        if self.worth_popping(self.demand(workers, held), workers, held):
             return self.next_pop
         return None
 
@@ -89,20 +117,18 @@ class Poller:
         self.popped += len(raw_tasks)
         return raw_tasks
 
-    def accept(self, raw_tasks: list[Any]) -> list[list[Task]]:
+    def take(self, raw_tasks: list[Any]) -> Answer:
         """Parse popped tasks and group their duplicates (the first of a group runs). A malformed
-        task is reported and, when it has a usable id, marked failed: nobody else will run it."""
+        task with a usable id is handed back to be closed: nobody else will run it."""
+        answer = Answer()
         tasks = []
         for index, item in enumerate(raw_tasks):
             try:
                 tasks.append(Task.from_dict(item, f"pop[{index}]"))
             except ParseError as exc:
-                task_id = item.get("id") if isinstance(item, dict) else None
                 logger.error("Malformed task in the pop answer: %s", exc)
-                if isinstance(task_id, str) and task_id:
-                    try:
-                        self.api.patch_status(task_id, TaskStatus.FAILED)
-                        logger.error("Marked malformed task %s failed", task_id)
-                    except APIError as patch_error:
-                        logger.error("Could not mark malformed task %s failed: %s", task_id, patch_error)
-        return group_duplicates(tasks, self.settings.deduplicate)
+                ticket = Ticket.of_malformed(item)
+                if ticket is not None:
+                    answer.malformed.append((ticket, str(exc)))
+        answer.groups = group_duplicates(tasks, self.settings.deduplicate)
+        return answer

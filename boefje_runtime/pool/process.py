@@ -1,7 +1,8 @@
-"""The supervisor's view of one worker process: which task it holds, and how it ended.
+"""The supervisor's handle on one worker process: its state, the task it holds, how it is killed.
 
 The supervisor owns these handles, so at every moment it knows exactly which process holds which
-task; nothing is inferred from shared state.
+task; nothing is inferred from shared state. Forking is :func:`spawn`, the one place a worker
+process is made (a fork server may replace it without touching the rest).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
+from .. import process_tree
 from ..models import Task
+from .lifecycle import FREE_SOON, HOLDS_TASK, STAYS, TAKES_TASK, Bounds, WorkerState, check
 
 #: Signals held back while forking, so a child never runs the supervisor's handlers.
 _BLOCKED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
@@ -26,6 +29,7 @@ class Assignment:
 
     task: Task
     duplicates: list[Task] = field(default_factory=list)
+    #: When it was handed out (the supervisor's clock), for the duration on the closing log line.
     started: float = 0.0
 
     @property
@@ -34,33 +38,75 @@ class Assignment:
 
 
 class WorkerHandle:
-    """A worker process and the pipe to it, as the supervisor sees them."""
+    """A worker process and the pipe to it, as the supervisor sees them.
 
-    def __init__(self, process: multiprocessing.process.BaseProcess, conn: Connection, started: float) -> None:
+    Built only for a started process: a handle always has a real pid (> 0), so :meth:`kill` can
+    never signal pid 0 (this process group, the supervisor included) or -1 (every process we may
+    signal). No pid, no handle, no kill.
+    """
+
+    def __init__(self, process: multiprocessing.process.BaseProcess, conn: Connection, now: float,
+                 bounds: Bounds) -> None:
+        pid = process.pid
+        if not isinstance(pid, int) or pid <= 0:
+            raise ValueError(f"a worker handle needs a started process with a pid, not {pid!r}")
         self.process = process
         self.conn = conn
-        self.started = started
-        self.ready = False
+        self.bounds = bounds
+        self._pid = pid
+        self.state = WorkerState.STARTING
+        self.since = now
+        self.deadline = bounds.deadline(WorkerState.STARTING, now)
+        self.ready_at: float | None = None
         self.assignment: Assignment | None = None
-        #: Why it is leaving on its own ("max tasks per child reached", ...), once it said so.
-        self.retiring: str | None = None
-        #: Why the supervisor killed it ("timed out after 5 s", ...), so its death is explained.
-        self.kill_reason: str | None = None
-        self.stop_sent = False
-        #: Its boefje returned and it is delivering the output: it will be idle within a request.
-        self.finishing = False
+        #: Why it leaves (retiring) or why the supervisor killed it, for the reaper's line.
+        self.why: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<worker pid={self._pid} {self.state.value}>"
 
     @property
     def pid(self) -> int:
-        return self.process.pid or 0
+        return self._pid
 
     @property
-    def idle(self) -> bool:
-        return self.ready and self.assignment is None and self.retiring is None and not self.stop_sent
+    def ready(self) -> bool:
+        """It said "ready" once (it may have moved on since)."""
+        return self.ready_at is not None
 
     @property
     def exitcode(self) -> int | None:
+        """The exit code once the process ended (this reaps it); None while it runs."""
         return self.process.exitcode
+
+    # -- the state, its moves and the questions asked of it (see lifecycle.py) ---------------------
+
+    def move(self, state: WorkerState, now: float, *, calls: int = 1) -> None:
+        """Enter ``state`` (checked against the transition table) with its deadline."""
+        check(self.state, state)
+        self.state, self.since = state, now
+        self.deadline = self.bounds.deadline(state, now, calls=calls)
+
+    @property
+    def takes_task(self) -> bool:
+        return self.state in TAKES_TASK
+
+    @property
+    def holds_task(self) -> bool:
+        return self.state in HOLDS_TASK
+
+    @property
+    def free_soon(self) -> bool:
+        return self.state in FREE_SOON
+
+    @property
+    def stays(self) -> bool:
+        return self.state in STAYS
+
+    def overdue(self, now: float) -> bool:
+        return self.deadline is not None and now >= self.deadline
+
+    # -- talking to it, and ending it ------------------------------------------------------------
 
     def send(self, message: tuple[Any, ...]) -> bool:
         """Send to the worker; False when its end of the pipe is gone (it died)."""
@@ -70,10 +116,31 @@ class WorkerHandle:
             return False
         return True
 
-    def kill(self, reason: str) -> None:
-        self.kill_reason = self.kill_reason or reason
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGKILL)
+    def exited(self) -> bool:
+        """True once the process has ended, without reaping it: its pid (and so its process
+        group and session ids) stays reserved until :attr:`exitcode` is read."""
+        try:
+            result = os.waitid(os.P_PID, self._pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return self.process.exitcode is not None  # reaped already (by multiprocessing)
+        except AttributeError:  # pragma: no cover - no waitid (not Linux)
+            return self.process.exitcode is not None
+        return result is not None
+
+    def kill(self, now: float, why: str) -> list[int]:
+        """SIGKILL the worker's whole process tree and group (see process_tree.kill_tree); returns
+        the pids signalled. The worker is then KILLED: its task is no longer its own."""
+        self.move(WorkerState.KILLED, now)
+        self.why = why
+        return process_tree.kill_tree(self._pid)
+
+    def kill_leftovers(self) -> list[int]:
+        """After the worker ended on its own: end what is left of its process group (members that
+        did not leave it; the exited worker's pid still names the group until it is reaped)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._pid, signal.SIGKILL)
+            return [self._pid]
+        return []
 
 
 def spawn(target: Any, args: tuple[Any, ...]) -> multiprocessing.process.BaseProcess:
@@ -93,16 +160,25 @@ def spawn(target: Any, args: tuple[Any, ...]) -> multiprocessing.process.BasePro
     return process
 
 
-def start_worker(main: Any, spec: Any, now: float) -> WorkerHandle:
+def start_worker(main: Any, spec: Any, now: float, bounds: Bounds) -> WorkerHandle:
     """Fork a worker running ``main(conn, spec, supervisor_pid)`` and return the supervisor's handle."""
     parent_end, child_end = multiprocessing.get_context("fork").Pipe()
-    process = spawn(main, (child_end, spec, os.getpid()))
-    child_end.close()
-    return WorkerHandle(process, parent_end, now)
+    try:
+        process = spawn(main, (child_end, spec, os.getpid()))
+    except BaseException:
+        parent_end.close()
+        raise
+    finally:
+        child_end.close()
+    return WorkerHandle(process, parent_end, now, bounds)
 
 
 def describe_exit(exitcode: int | None, *, oom_kills: int = 0) -> str:
-    """Say how a process ended, for one log line or an error file."""
+    """Say how a process ended on its own, for one log line or an error file.
+
+    Only for deaths the supervisor did not cause: a kill the runtime made itself is explained by
+    its own reason, never by a guess at the OOM killer.
+    """
     if exitcode is None:
         return "is still running"
     if exitcode >= 0:
@@ -116,7 +192,7 @@ def describe_exit(exitcode: int | None, *, oom_kills: int = 0) -> str:
         if oom_kills:
             text += "; the kernel's OOM killer killed a process of this container just now (out of memory)"
         else:
-            text += "; if nobody sent it, the kernel's OOM killer is the likely cause"
+            text += "; the runtime did not send it: if nobody else did, the kernel's OOM killer is the likely cause"
     return text
 
 

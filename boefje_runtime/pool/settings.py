@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+
+#: The most worker processes a pool may have. Each is a forked process with its own memory for
+#: what its boefjes allocate; more than this is a typo (``--pool-size 100000`` once forked 3,000
+#: workers and exhausted 24 GiB before it could be stopped), not a deployment.
+MAX_POOL_SIZE = 256
+#: Above this many workers per CPU the pool says it is probably oversized (boefjes mostly wait on the
+#: network, so a few per CPU make sense; dozens do not).
+WORKERS_PER_CPU_WARNING = 4
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,18 +50,35 @@ class PoolSettings:
     max_tasks: int | None = None
     #: Refuse boefje output larger than this (bytes) with a FAILED task instead of exhausting memory.
     max_output_bytes: int | None = 64 * 1024 * 1024
-    #: First wait after an empty pop; waits grow from here to ``poll_interval``.
-    first_poll_wait: float = 0.02
+    #: First wait after an empty pop; waits grow from here to ``poll_interval``. A task that arrives
+    #: while a worker is free waits at most this long; an empty queue is asked at most 1/this
+    #: times a second (the pop right after a task finishes is not delayed).
+    first_poll_wait: float = 0.25
     #: Keep waits at ``first_poll_wait`` this long after the last task, so bursty queues are picked
     #: up fast; only a queue that stays empty backs off towards ``poll_interval``.
     hot_window: float = 1.0
     #: Longest back-off after Boefje API errors (seconds).
     max_error_backoff: float = 30.0
+    #: A worker that has not said "ready" this long after it was forked (a boefje import that
+    #: hangs) is killed and counted as a start-up death (seconds).
+    startup_timeout: float = 60.0
+    #: Make the supervisor a child subreaper that kills and reaps every child process it did not
+    #: start itself (boefje daemons whose worker died, their zombies). Right when the pool owns its
+    #: process: worker mode, a container's PID 1 (then it is on whatever this says). Leave it off
+    #: when embedding the pool in a program that starts child processes of its own. See reaper.py.
+    adopt_orphans: bool = False
 
     def __post_init__(self) -> None:
-        if self.pool_size < 1:
-            raise ValueError("pool_size must be at least 1")
+        if not 1 <= self.pool_size <= MAX_POOL_SIZE:
+            raise ValueError(f"pool_size must be between 1 and {MAX_POOL_SIZE}, not {self.pool_size}")
         if self.poll_interval <= 0 or self.heartbeat <= 0:
             raise ValueError("poll_interval and heartbeat must be positive")
+        if self.startup_timeout <= 0:
+            raise ValueError("startup_timeout must be positive")
         if self.prefetch < 0:
             raise ValueError("prefetch must be 0 or more")
+
+    @property
+    def oversized(self) -> bool:
+        """More workers than :data:`WORKERS_PER_CPU_WARNING` per CPU: worth a warning."""
+        return self.pool_size > WORKERS_PER_CPU_WARNING * (os.cpu_count() or 1)

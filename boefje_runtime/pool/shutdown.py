@@ -7,13 +7,19 @@ any thread; both are answered here, in the loop, where logging and HTTP are safe
 The order (as dramatiq's ``Worker.stop``: stop taking work, give back what is held, then close):
 
 1. stop popping: the supervisor leaves its running phase, so its step no longer polls;
-2. push the held tasks (popped, never started) back to the queue unchanged;
-3. stop idle workers (one that becomes idle later is stopped as it reports, by the supervisor);
+2. push the held tasks (popped, never started) back to the queue unchanged (PUSHED_BACK);
+3. tell every worker without a task to stop (one that becomes free later is told as it reports);
 4. wait for running tasks until the grace deadline (``shutdown_timeout``; a second signal, or an
-   immediate request, ends the wait now);
-5. kill the workers still running then; the supervisor's reap fails their tasks with the reason;
-6. once no worker is left, keep closing tasks on the API for up to ``FINALIZE_GRACE`` more;
+   immediate request, moves the deadline to now);
+5. at the deadline, kill the whole process tree of every worker still there, whatever its state
+   (a running task is SHUT_DOWN; an idle worker blocked on a full stderr pipe or a start-up stuck in
+   an import goes too): nothing waits on a process that does not answer;
+6. once no worker is left (a killed one that is not reaped within ``lifecycle.REAP_BOUND`` is given
+   up on), keep closing tasks on the API for up to ``FINALIZE_GRACE`` more;
 7. stopped, with an exit code that says whether a task was left open.
+
+So a drain ends within ``shutdown_timeout + max(REAP_BOUND, FINALIZE_GRACE)`` plus one API call's
+timeout and the finalizer's step budget, in every case.
 
 Steps 1-2 are :meth:`Shutdown.begin`; 3-7 are :meth:`Shutdown.drain`, one loop step at a time.
 """
@@ -26,8 +32,12 @@ from collections.abc import Iterable
 
 from ..exit_codes import ExitCode
 from ..models import Task
-from .events import PoolEvents
+from . import endings
+from .events import PoolEvents, emit
+from .exits import TaskExit, Ticket
 from .finalizer import Finalizer
+from .lifecycle import WorkerState
+from .messages import stop
 from .process import WorkerHandle
 from .settings import PoolSettings
 from .signals import ShutdownSignals
@@ -45,8 +55,10 @@ class Shutdown:
         self.signals = signals
         self.finalizer = finalizer
         self.settings = settings
-        #: When running tasks stop getting time to finish; set by :meth:`begin`.
+        #: When the drain began, and when running tasks stop getting time to finish (set by begin).
+        self.began = 0.0
         self.deadline = 0.0
+        self._second_signal: float | None = None
         self._requested = 0  # by request(): 1 graceful, 2 immediate
         self._seen = 0  # signals plus requests the loop has answered
 
@@ -56,8 +68,9 @@ class Shutdown:
 
     @property
     def unanswered(self) -> bool:
-        """A :meth:`request` the loop has not answered yet: it must not go to sleep on it."""
-        return self._requested > self._seen - self.signals.count
+        """A request or signal the loop has not answered yet: it must not go to sleep on it (and
+        start-up stops spawning workers)."""
+        return self.signals.count + self._requested > self._seen
 
     def new_requests(self) -> int:
         """Signals plus requests so far when that grew since the last look, else 0."""
@@ -70,48 +83,59 @@ class Shutdown:
     def hurry(self, now: float) -> None:
         """A second signal while draining: running tasks get no more time."""
         if self.deadline > now:
-            logger.warning("Second shutdown signal: stopping running tasks now")
+            logger.warning("Second shutdown signal after %.1f s of the %g s grace period: stopping running tasks now",
+                           now - self.began, self.deadline - self.began)
+            self._second_signal = now
             self.deadline = now
 
-    def begin(
-        self,
-        now: float,
-        why: str,
-        *,
-        immediate: bool,
-        workers: list[WorkerHandle],
-        held: deque[list[Task]],
-        listeners: Iterable[PoolEvents],
-    ) -> None:
-        """Steps 1-2: the caller has stopped popping; push back what no worker started, now."""
+    def begin(self, now: float, why: str, *, immediate: bool, workers: list[WorkerHandle],
+              held: deque[list[Task]], listeners: Iterable[PoolEvents]) -> None:
+        """Steps 1-2: the caller has stopped popping; push back what no worker started."""
         grace = 0.0 if immediate else self.settings.shutdown_timeout
-        self.deadline = now + grace
-        running = sum(1 for worker in workers if worker.assignment)
+        self.began, self.deadline = now, now + grace
+        running = sum(1 for worker in workers if worker.holds_task)
         logger.info("Shutting down after %s: waiting up to %g s for %d running tasks", why, grace, running)
-        for listener in listeners:
-            listener.draining()
+        emit(listeners, "draining")
         for group in held:
             for task in group:
-                self.finalizer.push_back(task, now)
+                self.finalizer.settle(Ticket.of(task), TaskExit.PUSHED_BACK, now)
         held.clear()
-        self.finalizer.run(now)
 
     def drain(self, now: float, workers: list[WorkerHandle]) -> ExitCode | None:
         """Steps 3-7, one loop step's worth: None while draining, then the exit code."""
-        for worker in workers:
-            if worker.assignment is None and not worker.stop_sent and worker.retiring is None:
-                worker.stop_sent = worker.send(("stop",))
-            if worker.assignment is not None and now >= self.deadline:
-                grace = self.settings.shutdown_timeout
-                worker.kill(f"the worker shut down before this task finished (killed after a {grace:g} s grace period)")
+        for worker in list(workers):
+            if worker.state in (WorkerState.STARTING, WorkerState.IDLE):
+                stop(worker, now)
+            if now >= self.deadline and worker.state is not WorkerState.KILLED:
+                why = self._why_killed(now)
+                endings.kill(worker, now, why, self.finalizer, TaskExit.SHUT_DOWN,
+                             reason=TaskExit.SHUT_DOWN.reason(why=why))
         if workers:
             return None
         if self.finalizer.blocking and now < self.deadline + FINALIZE_GRACE:
             return None
         exit_code = ExitCode.OK
         if self.finalizer.blocking or self.finalizer.abandoned:
-            left = [job.task.id for job in self.finalizer.blocking] + self.finalizer.abandoned
+            left = [job.ticket.id for job in self.finalizer.blocking] + self.finalizer.abandoned
             logger.error("Stopped with %d tasks that could not be closed: %s", len(left), ", ".join(left))
             exit_code = ExitCode.INTERNAL_ERROR
         logger.info("Worker pool stopped")
         return exit_code
+
+    def next_due(self, now: float) -> float | None:
+        """When the drain needs the loop: at the grace deadline, then when the finalizer's grace ends
+        (worker exits and finalizer jobs wake the loop themselves)."""
+        if now < self.deadline:
+            return self.deadline
+        if self.finalizer.blocking:
+            return self.deadline + FINALIZE_GRACE
+        return None
+
+    def _why_killed(self, now: float) -> str:
+        grace = self.settings.shutdown_timeout
+        if self._second_signal is not None:
+            return (f"killed at a second shutdown signal, {self._second_signal - self.began:.1f} s into "
+                    f"the {grace:g} s grace period")
+        if self.deadline == self.began:
+            return "killed at an immediate shutdown"
+        return f"killed after the {grace:g} s grace period"

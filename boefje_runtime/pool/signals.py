@@ -11,11 +11,12 @@ import signal
 import threading
 from typing import Any
 
-SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#: SIGHUP too: a closed terminal or a supervisor's "reload" must drain, not end the pool mid-task.
+SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class ShutdownSignals:
-    """Counts SIGTERM/SIGINT. The first asks for a graceful drain, the second skips the wait."""
+    """Counts SIGTERM/SIGINT/SIGHUP. The first asks for a graceful drain, the second skips the wait."""
 
     def __init__(self) -> None:
         self.count = 0

@@ -27,12 +27,10 @@ from ..logs import bind, log_context, secret_values
 from ..models import OutputStatus, Task, TaskStatus
 from ..plugins import BoefjeRegistry
 from ..process_tree import become_subreaper, kill_children, own_process_group
+from .exits import TaskExit
 from .limits import retire_reason
 
 logger = logging.getLogger("boefje_runtime.worker")
-
-#: Outcomes a worker reports for an assignment.
-COMPLETED, FAILED, UNDELIVERED, SKIPPED, LOST = "completed", "failed", "undelivered", "skipped", "lost"
 
 _PR_SET_PDEATHSIG = 1
 
@@ -82,10 +80,19 @@ def die_with_parent(parent_pid: int) -> None:
 
 
 def close_inherited_sockets(keep: int) -> None:
-    """Close the sockets the fork handed us but that are not ours: other workers' pipes, the
+    """Let go of the sockets the fork handed us but that are not ours: other workers' pipes, the
     supervisor's HTTP connections, a listening socket of the embedding program (holding it would
     keep its port taken after its owner closed it). Files and plain pipes stay: multiprocessing's
-    exit sentinel is one."""
+    exit sentinel is one.
+
+    Each such descriptor is not closed but *parked*: ``/dev/null`` is duplicated over it. Python
+    objects in this (forked) process still name those numbers: a ``socket.socket`` of the
+    supervisor's HTTP session, a ``Connection`` to another worker. Had we closed the numbers, the
+    next file this worker opens could get one, and such an object, closed later (by the garbage
+    collector, say), would close *that* file under its new owner. Parked, the number stays taken
+    by ``/dev/null`` for the life of the worker: the socket itself is released (its port is free once
+    its owner closes it), and whatever an old object does with the number touches nothing.
+    """
     kept = {keep}
     for handler in logging.getLogger().handlers:  # a SysLogHandler or SocketHandler keeps its socket
         for attribute in ("socket", "sock"):
@@ -95,12 +102,16 @@ def close_inherited_sockets(keep: int) -> None:
         open_fds = [int(name) for name in os.listdir("/proc/self/fd")]
     except OSError:
         return  # not Linux: leave them
-    for fd in open_fds:
-        if fd <= 2 or fd in kept:
-            continue
-        with contextlib.suppress(OSError):
-            if stat.S_ISSOCK(os.fstat(fd).st_mode):
-                os.close(fd)
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        for fd in open_fds:
+            if fd <= 2 or fd in kept or fd == null:
+                continue
+            with contextlib.suppress(OSError):
+                if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                    os.dup2(null, fd, inheritable=False)
+    finally:
+        os.close(null)
 
 
 def worker_main(conn: Connection, spec: WorkerSpec, parent_pid: int) -> None:
@@ -144,16 +155,24 @@ def worker_main(conn: Connection, spec: WorkerSpec, parent_pid: int) -> None:
         client.close()
 
 
-class Report(NamedTuple):
-    """What a worker tells the supervisor about one assignment."""
+#: A duplicate's exit, whether the worker did what it needs, and whether to recheck it.
+_DuplicateExit = tuple[TaskExit, bool, bool]
 
-    outcome: str
-    #: Duplicates this worker could not settle: the supervisor closes them.
-    unsettled: list[str] = []
-    #: The running PATCH was repeated after a try that may land late and reopen the closed task.
-    recheck: bool = False
-    #: Why the output could not be delivered (UNDELIVERED).
+
+class Report(NamedTuple):
+    """What a worker tells the supervisor about one assignment: how each of its tasks left."""
+
+    #: How the main task ended (COMPLETED, FAILED, START_REFUSED, START_UNREACHABLE, UNDELIVERABLE, GONE).
+    exit: TaskExit
+    #: Why, for the exits that close the task (the API's error).
     error: str | None = None
+    #: The HTTP status of the refusal or failure, when one came.
+    status_code: int | None = None
+    #: The running PATCH was repeated after a try that may still land and reopen the closed task.
+    recheck: bool = False
+    #: Per duplicate id: (exit, acted, recheck). ``acted``: the worker did what the exit needs
+    #: (delivered the output, or PATCHed it queued); otherwise the supervisor does.
+    duplicates: dict[str, _DuplicateExit] = {}
 
 
 def run_assignment(
@@ -163,24 +182,36 @@ def run_assignment(
     task = Task.from_dict(raw_task)  # validated by the supervisor already: this cannot fail
     meta = task.data
     secrets = list((meta.environment or {}).values())
+    duplicates = [Task.from_dict(item) for item in raw_duplicates]
     with log_context(task_id=task.id, boefje_id=meta.boefje.id, organisation=meta.organization), secret_values(
         secrets
     ):
         try:
             recheck = client.patch_status(task.id, TaskStatus.RUNNING)
-        except APIStatusError as exc:
-            logger.error("Could not start task: %s", exc)
-            return Report(SKIPPED if exc.status_code and exc.status_code < 500 else LOST)
         except APIError as exc:
             logger.error("Could not start task: %s", exc)
-            return Report(LOST)
+            return Report(_start_exit(exc), str(exc), exc.status_code, duplicates=_unsettled(duplicates))
+        conn.send(("running", task.id))  # the boefje runs from here: the task timeout counts from now
         output = _run_boefje(spec, raw_task["data"], meta.boefje.id, meta.boefje.version, meta.boefje.oci_image)
         conn.send(("ran", task.id))  # only delivery is left: the supervisor may pop our next task now
-        outcome, error = _deliver(client, task.id, output)
-        if outcome not in (COMPLETED, FAILED):
-            return Report(outcome, [], recheck, error)
-        unsettled = _settle_duplicates(client, [Task.from_dict(item) for item in raw_duplicates], output)
-        return Report(outcome, unsettled, recheck)
+        how, error, status_code = _deliver(client, task.id, output)
+        if how not in (TaskExit.COMPLETED, TaskExit.FAILED):
+            return Report(how, error, status_code, recheck, _unsettled(duplicates))
+        return Report(how, None, None, recheck, _settle_duplicates(client, duplicates, output))
+
+
+def _start_exit(exc: APIError) -> TaskExit:
+    """The exit of a task whose running PATCH failed: 404 gone, another 4xx refused, else unreachable."""
+    status = exc.status_code
+    if isinstance(exc, APIStatusError) and status == 404:
+        return TaskExit.GONE
+    if isinstance(exc, APIStatusError) and status is not None and 400 <= status < 500:
+        return TaskExit.START_REFUSED
+    return TaskExit.START_UNREACHABLE
+
+
+def _unsettled(duplicates: list[Task]) -> dict[str, _DuplicateExit]:
+    return {duplicate.id: (TaskExit.DUPLICATE_REQUEUED, False, False) for duplicate in duplicates}
 
 
 def _run_boefje(spec: WorkerSpec, data: dict, boefje_id: str, version: str | None, oci_image: str | None):
@@ -197,33 +228,40 @@ def _run_boefje(spec: WorkerSpec, data: dict, boefje_id: str, version: str | Non
     return result.output
 
 
-def _deliver(client: BoefjeAPIClient, task_id: str, output) -> tuple[str, str | None]:
-    """POST the output. When that fails after the client's retries, say so: the supervisor keeps
-    trying to close the task with an error file saying why (and PATCHes failed only when even that
-    is refused), while this worker goes on with the next task."""
+def _deliver(client: BoefjeAPIClient, task_id: str, output) -> tuple[TaskExit, str | None, int | None]:
+    """POST the output. When that fails after the client's retries (or is refused), say so: the
+    supervisor closes the task with an error file saying why (and PATCHes failed only when even that
+    is refused), while this worker goes on with the next task. A 404: the task is gone."""
     try:
         client.post_output(task_id, output)
-        return (COMPLETED if output.status is OutputStatus.COMPLETED else FAILED), None
+        return (TaskExit.COMPLETED if output.status is OutputStatus.COMPLETED else TaskExit.FAILED), None, None
     except APIError as exc:
         logger.error("Could not deliver the output: %s", exc)
-        return UNDELIVERED, str(exc)
+        if isinstance(exc, APIStatusError) and exc.status_code == 404:
+            return TaskExit.GONE, str(exc), 404
+        return TaskExit.UNDELIVERABLE, str(exc), exc.status_code
 
 
-def _settle_duplicates(client: BoefjeAPIClient, duplicates: list[Task], output) -> list[str]:
+def _settle_duplicates(client: BoefjeAPIClient, duplicates: list[Task], output) -> dict[str, _DuplicateExit]:
     """On success each duplicate gets the same output (it must be running for the API to accept it);
-    on failure they go back to the queue to get their own run. Returns the ids left unsettled."""
-    unsettled = []
+    on failure they go back to the queue to get their own run. Returns each one's exit; those this
+    worker could not settle are left to the supervisor (acted False)."""
+    settled: dict[str, _DuplicateExit] = {}
     for duplicate in duplicates:
         with log_context(task_id=duplicate.id):
             try:
                 if output.status is OutputStatus.COMPLETED:
-                    client.patch_status(duplicate.id, TaskStatus.RUNNING)
+                    late = client.patch_status(duplicate.id, TaskStatus.RUNNING)
                     client.post_output(duplicate.id, output)
                     logger.info("Delivered the output of duplicate task")
+                    settled[duplicate.id] = (TaskExit.DUPLICATE_DELIVERED, True, late)
                 else:
                     client.patch_status(duplicate.id, TaskStatus.QUEUED)
                     logger.info("Put duplicate task back on the queue for its own run")
+                    settled[duplicate.id] = (TaskExit.DUPLICATE_REQUEUED, True, False)
             except APIError as exc:
                 logger.error("Could not settle duplicate task: %s", exc)
-                unsettled.append(duplicate.id)
-    return unsettled
+                gone = isinstance(exc, APIStatusError) and exc.status_code == 404
+                settled[duplicate.id] = (TaskExit.GONE, True, False) if gone else (
+                    TaskExit.DUPLICATE_REQUEUED, False, False)
+    return settled
