@@ -241,18 +241,6 @@ def run(boefje_meta):
 #: The hooks a metrics listener implements (boefje_runtime.metrics.PoolMetrics).
 METRICS_HOOKS = ("task_started", "task_finished", "workers_changed", "api_error", "worker_exited")
 EVERY_HOOK = tuple(name for name in vars(PoolEvents) if not name.startswith("_"))
-#: A listener exception in a hook called after a pop (api_reachable) loses the popped tasks: they
-#: stay dispatched, nobody runs them. Found by this test; for the pool's redesign (helper A).
-LOSES_POPPED_TASKS = pytest.mark.xfail(
-    strict=True, reason="a listener raising in api_reachable after a pop strands the popped tasks (dispatched, "
-                        "never run); listeners are not isolated from the supervisor's loop yet")
-
-#: Found by this test too: the drain calls the "draining" hooks before it pushes back the tasks
-#: it holds, so one that raises leaves them dispatched, and the pool still exits 0.
-SKIPS_PUSH_BACK = pytest.mark.xfail(
-    strict=True, reason="a listener raising in draining() skips the push-back of held tasks: they stay "
-                        "dispatched and the pool exits 0")
-
 
 class Broken(PoolEvents):
     """A listener with a bug in each of ``hooks``."""
@@ -268,8 +256,7 @@ class Broken(PoolEvents):
         return super().__getattribute__(name)
 
 
-@pytest.mark.parametrize("hooks", [METRICS_HOOKS, pytest.param(EVERY_HOOK, marks=LOSES_POPPED_TASKS)],
-                         ids=["metrics-hooks", "every-hook"])
+@pytest.mark.parametrize("hooks", [METRICS_HOOKS, EVERY_HOOK], ids=["metrics-hooks", "every-hook"])
 def test_a_listener_that_raises_does_not_stop_the_pool_or_its_tasks(boefje_api, make_pool, hooks):
     # Given a pool with a listener that raises
     pool = make_pool(pool_size=1, listeners=[Broken(hooks)]).start()
@@ -284,8 +271,7 @@ def test_a_listener_that_raises_does_not_stop_the_pool_or_its_tasks(boefje_api, 
     assert pool.stop(timeout=30) == 0
 
 
-@pytest.mark.parametrize("hooks", [METRICS_HOOKS, pytest.param(("draining", "loop_turned"), marks=SKIPS_PUSH_BACK),
-                                   pytest.param(EVERY_HOOK, marks=LOSES_POPPED_TASKS)],
+@pytest.mark.parametrize("hooks", [METRICS_HOOKS, ("draining", "loop_turned"), EVERY_HOOK],
                          ids=["metrics-hooks", "health-hooks", "every-hook"])
 def test_a_listener_that_raises_does_not_strand_a_waiting_task_at_shutdown(boefje_api, make_pool, tmp_path, hooks):
     # Given a pool of one worker delivering an output the API holds, a listener that raises, and
@@ -403,14 +389,7 @@ DROPS_OUTPUT_ON_408 = pytest.mark.xfail(
                         "away and the task fails")
 
 
-#: Found by this test (and the chaos run's --client-errors): a worker whose running PATCH meets a 4xx
-#: gives the task up as "skipped", and nobody closes it: it stays dispatched for good.
-LEAVES_TASK_DISPATCHED = pytest.mark.xfail(
-    strict=True, reason="a running PATCH answered 4xx (409/403/401/408, or 429 past the retries) leaves the task "
-                        "dispatched: the worker skips it and the supervisor does not close it")
-
-
-@pytest.mark.parametrize("status", [pytest.param(code, marks=LEAVES_TASK_DISPATCHED) for code in (409, 403, 401, 408)])
+@pytest.mark.parametrize("status", [409, 403, 401, 408])
 def test_a_running_patch_answered_4xx_once_does_not_leave_the_task_open(boefje_api, make_pool, status):
     # Given a pool whose first running PATCH meets a 4xx (the task is in fact still dispatched)
     make_pool(pool_size=1).start()

@@ -32,7 +32,7 @@ from ..logs import log_context
 from ..models import TaskStatus
 from ..retry import NOT_PROCESSED
 from .backoff import ErrorBackoff
-from .events import PoolEvents
+from .events import PoolEvents, emit
 from .exits import Action, TaskExit, Ticket
 
 logger = logging.getLogger("boefje_runtime.pool")
@@ -137,8 +137,7 @@ class Finalizer:
             else:
                 logger.info("Task %s: %s", how.outcome.replace("_", " "), reason, extra=extra)
         if notify:
-            for listener in self.listeners:
-                listener.task_finished(ticket.boefje_id, how.outcome, duration or 0.0)
+            emit(self.listeners, "task_finished", ticket.boefje_id, how.outcome, duration or 0.0)
         if acted:
             return
         if how.action is Action.CLOSE:
@@ -224,8 +223,7 @@ class Finalizer:
             job.due = self.open_until
             logger.warning("Could not %s yet (%s); the finalizer pauses %.1f s", job.stage.value, exc,
                            self.open_until - now, extra={"status_code": status})
-            for listener in self.listeners:
-                listener.api_error("finalizer")
+            emit(self.listeners, "api_error", "finalizer")
         else:
             job.due = now + min(0.5 * 2 ** (job.tries - 1), 30.0)
             logger.warning("Could not %s yet (%s); trying again in %.1f s", job.stage.value, exc, job.due - now,

@@ -25,7 +25,7 @@ from ..filters import TaskFilter
 from ..models import Task
 from .backoff import ErrorBackoff, IdleBackoff
 from .dedup import group_duplicates
-from .events import PoolEvents
+from .events import PoolEvents, emit
 from .exits import Ticket
 from .process import WorkerHandle
 from .settings import PoolSettings
@@ -102,13 +102,11 @@ class Poller:
             wait = self.errors.failed()
             self.next_pop = now + wait
             logger.warning("Could not pop tasks: %s; next try in %.1f s", exc, wait)
-            for listener in listeners:
-                listener.api_error("pop")
-                listener.api_reachable(False, now)
+            emit(listeners, "api_error", "pop")
+            emit(listeners, "api_reachable", False, now)
             return None
         self.errors.succeeded()
-        for listener in listeners:
-            listener.api_reachable(True, now)
+        emit(listeners, "api_reachable", True, now)
         if not raw_tasks:
             self.next_pop = now + self.idle.next_wait(now)
             return raw_tasks
