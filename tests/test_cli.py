@@ -245,13 +245,30 @@ def test_a_boefje_that_ends_the_process_on_import_is_named_and_skipped(tmp_path,
     assert "during start-up" not in result.stderr  # no worker died importing it
 
 
+def without_network() -> list[str]:
+    """A command prefix that runs a program in a network namespace of its own, with no interface up:
+    a host name lookup fails there as a DNS typo does, and no packet leaves the machine (tests use
+    loopback only; the configured resolver is not on it)."""
+    prefix = ["unshare", "--net"]
+    try:
+        usable = subprocess.run([*prefix, "true"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        usable = False
+    if not usable:
+        pytest.skip("unshare --net is not available: a lookup would ask the network's resolver")
+    return prefix
+
+
 @pytest.mark.parametrize("where", ["refused", "unresolvable"])
 def test_burst_gives_up_on_an_unreachable_api_within_the_bound(plugin_dir, where):
-    # A name under .invalid never resolves (RFC 2606). (The lookup does ask the configured resolver.)
+    # A name under .invalid never resolves (RFC 2606); looked up where there is no network at all.
     url = f"http://127.0.0.1:{free_port()}" if where == "refused" else "http://boefje-api.invalid:8000"
+    prefix = [] if where == "refused" else without_network()
     started = time.monotonic()
-    result = run_cli("--burst", "--plugin-dir", str(plugin_dir), "--burst-unreachable-timeout", "2",
-                     env=worker_env(url, OUTGOING_REQUEST_TIMEOUT="2"), timeout=60)
+    result = subprocess.run(
+        [*prefix, *CLI, "--burst", "--plugin-dir", str(plugin_dir), "--burst-unreachable-timeout", "2"],
+        capture_output=True, text=True, env=cli_env(worker_env(url, OUTGOING_REQUEST_TIMEOUT="2")), timeout=60,
+    )
     took = time.monotonic() - started
     assert result.returncode == ExitCode.INTERNAL_ERROR == 1, result.stderr
     (line,) = error_lines(result.stderr)
