@@ -253,3 +253,76 @@ def test_the_oneshot_cli_exports_its_spans_over_otlp_and_continues_traceparent(a
     assert task.parent_span_id == PARENT_SPAN
     assert task.attributes["boefje.outcome"] == "completed"
     assert "grpc" not in result.stderr.lower()  # no complaint from gRPC about the fork
+
+
+# -- the pool: spans from forked workers, over real OTLP/gRPC ------------------------------------------
+
+
+@needs_otel
+def test_a_pool_run_traces_each_task_with_its_phases_and_every_request_carries_its_trace(api, plugins):
+    from .otlp_receiver import OtlpReceiver
+
+    image = "test/pool:latest"
+    tasks = {
+        api.enqueue(make_task("hello", oci_image=image, version="1.2", organisation="acme", input_ooi=f"Host|{n}"))
+        : "completed" for n in range(2)
+    }
+    failing = api.enqueue(make_task("raiser", oci_image=image, organisation="acme",
+                                    environment={"TOKEN": "s3cr3t-in-the-trace?"}))
+    tasks[failing] = "failed"
+
+    with OtlpReceiver() as receiver:
+        result = helpers.run_cli(
+            "--burst", "--pool-size", "2", "--plugin-dir", str(plugins), "--poll-interval", "0.2",
+            env={"BOEFJES_API": api.url, "OCI_IMAGE": image, "SPAN_EXPORT_GRPC_ENDPOINT": receiver.endpoint},
+            drop=["TRACEPARENT", "OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES"], timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        # the workers flushed before they exited: everything is there once the pool has stopped
+        spans = receiver.received()
+
+    assert {task_id: api.status(task_id) for task_id in tasks} == tasks
+    task_spans = {span.attributes["boefje.task.id"]: span for span in spans if span.name == "boefje task"}
+    assert set(task_spans) == set(tasks)
+    children: dict[int, dict[str, object]] = {}
+    for span in spans:
+        if span.parent_span_id is not None:
+            children.setdefault(span.parent_span_id, {})[span.name] = span
+    for task_id, outcome in tasks.items():
+        span = task_spans[task_id]
+        phases = children[span.span_id]
+        assert set(phases) == {"pop", "PATCH running", "run", "POST output"}, task_id
+        assert all(phase.trace_id == span.trace_id for phase in phases.values())
+        assert span.attributes["boefje.outcome"] == outcome
+        assert span.attributes["boefje.organisation"] == "acme"
+        assert span.start_ns == phases["pop"].start_ns <= phases["PATCH running"].start_ns
+        assert span.resource["service.name"] == "boefje-runtime"
+        assert span.error == (outcome == "failed")
+        assert phases["run"].error == (outcome == "failed")
+    hello = task_spans[next(task_id for task_id, outcome in tasks.items() if outcome == "completed")]
+    assert (hello.attributes["boefje.id"], hello.attributes["boefje.version"]) == ("hello", "1.2")
+    assert hello.attributes["boefje.output.size"] == len(b"hello Host|0")
+    assert "RuntimeError" in task_spans[failing].status_message
+    assert not [span for span in spans if "s3cr3t" in repr(span)]
+
+    # every request carried a traceparent: a task's requests that of its own phase's span ...
+    records = api.request_log()
+    trace_ids(records)
+    phase_of = {"patch": "PATCH running", "output": "POST output"}
+    for record in records:
+        _, trace_id, parent_id, _ = record.traceparent.split("-")
+        if record.endpoint == "pop":
+            continue
+        task_id = record.path.rsplit("/", 1)[1]
+        span = task_spans[task_id]
+        assert int(trace_id, 16) == span.trace_id, record
+        assert int(parent_id, 16) == children[span.span_id][phase_of[record.endpoint]].span_id, record
+    # ... and a pop that of the pop span of the task it brought first; its other tasks link to it
+    pops = {(int(tp.split("-")[1], 16), int(tp.split("-")[2], 16)) for tp in
+            (record.traceparent for record in records if record.endpoint == "pop")}
+    for span in task_spans.values():
+        pop = children[span.span_id]["pop"]
+        if pop.links:
+            assert pop.links[0] in pops and pop.links[0][0] != span.trace_id
+        else:
+            assert (span.trace_id, pop.span_id) in pops

@@ -34,6 +34,7 @@ from ..filters import TaskFilter
 from ..models import Task
 from ..plugins import BoefjeRegistry
 from ..retry import RetryPolicy
+from ..tracing import NO_TRACING, NoTracing, PopTrace, PopTracer, Tracing, tracing_for
 from . import endings, timeouts
 from . import worker as w
 from .backoff import StartupGuard
@@ -86,6 +87,7 @@ class WorkerPool:
         settings: PoolSettings | None = None,
         listeners: Iterable[PoolEvents] = (),
         clock: Callable[[], float] = time.monotonic,
+        tracing: Tracing | NoTracing = NO_TRACING,
     ) -> None:
         self.settings = settings or PoolSettings()
         self.client = client
@@ -118,7 +120,14 @@ class WorkerPool:
             max_output_bytes=self.settings.max_output_bytes,
             max_tasks_per_child=self.settings.max_tasks_per_child,
             max_memory_per_child=self.settings.max_memory_per_child,
+            tracing=tracing,
         )
+        # Tracing on: the pop's traceparent, and which pop brought each held group (see tracing.py).
+        self._pop_tracer = PopTracer() if tracing.enabled else None
+        self._pop_traces: dict[str, PopTrace] = {}
+        if self._pop_tracer is not None:
+            self._api.header_hook = self._pop_tracer
+            tracing.preload()  # imported once here, not per forked worker
         policy = client.retry_policy
         self._bounds = Bounds(
             startup=self.settings.startup_timeout,
@@ -151,7 +160,10 @@ class WorkerPool:
         )
         if registry is None:
             registry = BoefjeRegistry.discover(config.plugin_dir)
-        return cls(client, task_filter, registry=registry, settings=settings)
+        return cls(
+            client, task_filter, registry=registry, settings=settings,
+            tracing=tracing_for(config.span_export_grpc_endpoint),
+        )
 
     # -- driving the loop ------------------------------------------------------------------------
 
@@ -226,6 +238,7 @@ class WorkerPool:
             self._drain(now)
         busy = sum(1 for worker in self.workers if worker.holds_task)
         emit(self.listeners, "workers_changed", busy, len(self.workers) - busy)
+        emit(self.listeners, "held_changed", sum(len(group) for group in self._held))
         emit(self.listeners, "loop_turned", now)
         return self._next_wait(now)
 
@@ -312,21 +325,27 @@ class WorkerPool:
         want = poller.demand(self.workers, self._held)
         if not poller.worth_popping(want, self.workers, self._held):
             return
+        if self._pop_tracer is not None:
+            self._pop_tracer.before_pop()
         raw_tasks = poller.pop(now, want, self.task_filter, self.listeners)
+        pop = self._pop_tracer.after_pop(len(raw_tasks or ())) if self._pop_tracer is not None else None
         if raw_tasks is None:
             return  # an API error: the poller backs off
         if not raw_tasks:
             if self.settings.burst and not busy and not self._held and not self._finalizer.blocking:
                 self._begin_shutdown(now, "burst mode: the queue is empty")
             return
-        self._accept(poller.take(raw_tasks), now)
+        self._accept(poller.take(raw_tasks), now, pop)
 
-    def _accept(self, answer: Answer, now: float) -> None:
+    def _accept(self, answer: Answer, now: float, pop: PopTrace | None = None) -> None:
         """Hold what will run; every other popped task leaves through the finalizer at once."""
         for ticket, error in answer.malformed:
             self._finalizer.settle(ticket, TaskExit.MALFORMED, now, reason=TaskExit.MALFORMED.reason(error=error))
         for task in answer.surplus:
             self._finalizer.settle(Ticket.of(task), TaskExit.PUSHED_BACK, now)
+        if pop is not None:
+            for index, group in enumerate(answer.groups):
+                self._pop_traces[group[0].id] = pop if index == 0 else pop.for_next_task()
         self._held.extend(answer.groups)
 
     def _dispatch(self, now: float) -> None:
@@ -334,8 +353,11 @@ class WorkerPool:
         while self._held and idle:
             worker, group = idle.pop(0), self._held.popleft()
             assignment = Assignment(group[0], group[1:], now)
-            if not worker.send(("task", assignment.task.raw, [task.raw for task in assignment.duplicates])):
+            pop = self._pop_traces.pop(group[0].id, None) if self._pop_traces else None
+            if not worker.send(("task", assignment.task.raw, [task.raw for task in assignment.duplicates], pop)):
                 self._held.appendleft(group)  # it died before it got the task; the reaper replaces it
+                if pop is not None:
+                    self._pop_traces[group[0].id] = pop
                 continue
             worker.assignment = assignment
             worker.move(WorkerState.ASSIGNED, now)

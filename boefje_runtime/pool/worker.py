@@ -27,6 +27,7 @@ from ..logs import bind, log_context, secret_values
 from ..models import OutputStatus, Task, TaskStatus
 from ..plugins import BoefjeRegistry
 from ..process_tree import become_subreaper, kill_children, own_process_group
+from ..tracing import NO_TRACING, PATCH_RUNNING, POST_OUTPUT, RUN, SETTLE_DUPLICATE, TASK_ID, NoTracing, Tracing
 from .exits import TaskExit
 from .limits import retire_reason
 
@@ -44,6 +45,8 @@ class WorkerSpec:
     max_output_bytes: int | None
     max_tasks_per_child: int | None
     max_memory_per_child: float | None
+    #: Spans of each task; the worker builds its own exporter after the fork (see tracing.py).
+    tracing: Tracing | NoTracing = NO_TRACING
 
 
 class _Flags:
@@ -123,6 +126,7 @@ def worker_main(conn: Connection, spec: WorkerSpec, parent_pid: int) -> None:
     become_subreaper()
     bind(pid=os.getpid(), role="worker")
     client = spec.client_factory()
+    client.header_hook = spec.tracing.header_hook
     spec.registry.load_all()
     conn.send(("ready", os.getpid()))
     tasks_done = 0
@@ -138,9 +142,11 @@ def worker_main(conn: Connection, spec: WorkerSpec, parent_pid: int) -> None:
                 return
             if message[0] == "stop":
                 return
-            _, raw_task, raw_duplicates = message
+            _, raw_task, raw_duplicates, pop = message
             started = time.monotonic()
-            report = run_assignment(client, spec, raw_task, raw_duplicates, conn)
+            trace = spec.tracing.start_task(pop)
+            report = run_assignment(client, spec, raw_task, raw_duplicates, conn, trace)
+            trace.finish(report.exit.outcome)
             leftovers = kill_children()
             if leftovers:
                 logger.warning("Killed %d processes that task %s left behind", leftovers, raw_task["id"])
@@ -153,6 +159,7 @@ def worker_main(conn: Connection, spec: WorkerSpec, parent_pid: int) -> None:
                 return
     finally:
         client.close()
+        spec.tracing.close()  # flush before a recycled or stopped worker leaves
 
 
 #: A duplicate's exit, whether the worker did what it needs, and whether to recheck it.
@@ -176,28 +183,39 @@ class Report(NamedTuple):
 
 
 def run_assignment(
-    client: BoefjeAPIClient, spec: WorkerSpec, raw_task: dict, raw_duplicates: list[dict], conn: Connection
+    client: BoefjeAPIClient, spec: WorkerSpec, raw_task: dict, raw_duplicates: list[dict], conn: Connection,
+    trace: Any = None,
 ) -> Report:
-    """Run one task and deliver its output to its duplicates, so no task is left dispatched or running."""
+    """Run one task and deliver its output to its duplicates, so no task is left dispatched or running.
+
+    ``trace`` (from ``spec.tracing.start_task``) gets a child span per phase; the caller ends it.
+    """
+    trace = trace or NO_TRACING.start_task()
     task = Task.from_dict(raw_task)  # validated by the supervisor already: this cannot fail
     meta = task.data
+    trace.describe(task.id, meta.boefje.id, meta.boefje.version, meta.organization)
     secrets = list((meta.environment or {}).values())
     duplicates = [Task.from_dict(item) for item in raw_duplicates]
     with log_context(task_id=task.id, boefje_id=meta.boefje.id, organisation=meta.organization), secret_values(
         secrets
     ):
         try:
-            recheck = client.patch_status(task.id, TaskStatus.RUNNING)
+            with trace.phase(PATCH_RUNNING):
+                recheck = client.patch_status(task.id, TaskStatus.RUNNING)
         except APIError as exc:
             logger.error("Could not start task: %s", exc)
             return Report(_start_exit(exc), str(exc), exc.status_code, duplicates=_unsettled(duplicates))
         conn.send(("running", task.id))  # the boefje runs from here: the task timeout counts from now
-        output = _run_boefje(spec, raw_task["data"], meta.boefje.id, meta.boefje.version, meta.boefje.oci_image)
+        with trace.phase(RUN):
+            output, why = _run_boefje(spec, raw_task["data"], meta.boefje.id, meta.boefje.version,
+                                      meta.boefje.oci_image)
+            trace.ran(output, why)
         conn.send(("ran", task.id))  # only delivery is left: the supervisor may pop our next task now
-        how, error, status_code = _deliver(client, task.id, output)
+        with trace.phase(POST_OUTPUT):
+            how, error, status_code = _deliver(client, task.id, output)
         if how not in (TaskExit.COMPLETED, TaskExit.FAILED):
             return Report(how, error, status_code, recheck, _unsettled(duplicates))
-        return Report(how, None, None, recheck, _settle_duplicates(client, duplicates, output))
+        return Report(how, None, None, recheck, _settle_duplicates(client, duplicates, output, trace))
 
 
 def _start_exit(exc: APIError) -> TaskExit:
@@ -215,17 +233,18 @@ def _unsettled(duplicates: list[Task]) -> dict[str, _DuplicateExit]:
 
 
 def _run_boefje(spec: WorkerSpec, data: dict, boefje_id: str, version: str | None, oci_image: str | None):
+    """The output to post, and why the boefje failed (one line, secrets redacted), or None."""
     try:
         boefje = spec.registry.find(boefje_id, oci_image)
     except (BoefjeNotFound, PluginError) as exc:
         logger.error("%s", exc)
-        return failure_output(boefje_id, version, str(exc))
+        return failure_output(boefje_id, version, str(exc)), str(exc)
     result = execute(boefje, dict(data), max_output_bytes=spec.max_output_bytes)
     if result.error:
         logger.warning("Boefje failed in %.3f s: %s", result.duration, result.error)
     else:
         logger.info("Boefje completed in %.3f s with %d files", result.duration, len(result.output.files))
-    return result.output
+    return result.output, result.error
 
 
 def _deliver(client: BoefjeAPIClient, task_id: str, output) -> tuple[TaskExit, str | None, int | None]:
@@ -242,13 +261,15 @@ def _deliver(client: BoefjeAPIClient, task_id: str, output) -> tuple[TaskExit, s
         return TaskExit.UNDELIVERABLE, str(exc), exc.status_code
 
 
-def _settle_duplicates(client: BoefjeAPIClient, duplicates: list[Task], output) -> dict[str, _DuplicateExit]:
+def _settle_duplicates(
+    client: BoefjeAPIClient, duplicates: list[Task], output, trace: Any
+) -> dict[str, _DuplicateExit]:
     """On success each duplicate gets the same output (it must be running for the API to accept it);
     on failure they go back to the queue to get their own run. Returns each one's exit; those this
     worker could not settle are left to the supervisor (acted False)."""
     settled: dict[str, _DuplicateExit] = {}
     for duplicate in duplicates:
-        with log_context(task_id=duplicate.id):
+        with log_context(task_id=duplicate.id), trace.phase(SETTLE_DUPLICATE, **{TASK_ID: duplicate.id}):
             try:
                 if output.status is OutputStatus.COMPLETED:
                     late = client.patch_status(duplicate.id, TaskStatus.RUNNING)
