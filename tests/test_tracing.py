@@ -6,6 +6,8 @@ process; the pool's spans come from its forked workers over real OTLP/gRPC (test
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -326,3 +328,52 @@ def test_a_pool_run_traces_each_task_with_its_phases_and_every_request_carries_i
             assert pop.links[0] in pops and pop.links[0][0] != span.trace_id
         else:
             assert (span.trace_id, pop.span_id) in pops
+
+
+HOLD = """
+    import os
+    import time
+    from pathlib import Path
+
+    def run(boefje_meta):
+        arguments = boefje_meta["arguments"]
+        Path(arguments["pid_file"] + ".tmp").write_text(str(os.getpid()))
+        os.replace(arguments["pid_file"] + ".tmp", arguments["pid_file"])
+        time.sleep(60)
+        return []
+"""
+
+
+@needs_otel
+def test_a_killed_worker_loses_only_its_open_spans(api, plugins, tmp_path):
+    from .otlp_receiver import OtlpReceiver
+
+    write_plugin(plugins / "hold", HOLD, id="hold", oci_image="test/hold:latest")
+    image = "test/pool:latest"
+    done = api.enqueue(make_task("hello", oci_image=image, priority=1))
+    pid_file = tmp_path / "pid"
+    killed = api.enqueue(make_task("hold", oci_image=image, priority=2, arguments={"pid_file": str(pid_file)}))
+
+    with OtlpReceiver() as receiver:
+        pool = subprocess.Popen(
+            [*helpers.CLI, "--burst", "--pool-size", "1", "--plugin-dir", str(plugins)],
+            env=helpers.cli_env({"BOEFJES_API": api.url, "OCI_IMAGE": image,
+                                 "SPAN_EXPORT_GRPC_ENDPOINT": receiver.endpoint}, drop=["TRACEPARENT"]),
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            # the running task's ended phases leave while it runs (within the 1 s export delay) ...
+            receiver.wait_for(lambda spans: sum(span.name == "PATCH running" for span in spans) == 2)
+            helpers.wait_until(pid_file.exists, what="the held boefje to start")
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)  # the boefje runs in the worker process
+            assert pool.wait(60) == 0, pool.stderr.read()
+        finally:
+            if pool.poll() is None:
+                pool.kill()
+                pool.wait(10)
+        spans = receiver.received()
+
+    assert api.status(done) == "completed" and api.status(killed) == "failed"
+    task_ids = [span.attributes.get("boefje.task.id") for span in spans if span.name == "boefje task"]
+    assert task_ids == [done]  # the killed task's span was open: lost with its worker, nothing else
+    assert sum(span.name == "PATCH running" for span in spans) == 2  # its ended phases were already out
