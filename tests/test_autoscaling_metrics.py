@@ -57,11 +57,12 @@ def test_tasks_held_follows_the_supervisor():
     assert value(parse(metrics.exposition().decode()), "tasks_held") == 0
 
 
+@pytest.mark.boefje_api(pop_mode="limit")  # a scheduler that answers a pop with up to ``limit`` tasks
 def test_a_real_pool_reports_the_task_it_holds_for_a_busy_worker(boefje_api, operated, tmp_path):
     held, pid_file, release = hold_task(tmp_path, "busy")
     boefje_api.enqueue([held, task()])
     # one worker and a prefetch of one: the first pop brings both, the worker runs one, the pool holds one
-    pool, server = operated(pool_size=1, prefetch=1)
+    pool, server = operated(pool_size=1, prefetch=1, deduplicate=False)
     pool.start()
     wait_until(pid_file.exists, what="the held task to start")
 
