@@ -211,7 +211,7 @@ def test_a_task_popped_ahead_goes_back_unchanged_on_sigterm(boefje_api, tmp_path
         # while the running tasks finish within the grace period
         first_release.touch()
         gate.open()
-        assert cli.wait(60) == 0
+        assert cli.wait(60) == 0, (tmp_path / "cli.log").read_text()[-3000:]
     finally:
         if cli.poll() is None:
             cli.kill()
