@@ -4,10 +4,12 @@ threads against the real test Boefje API."""
 from __future__ import annotations
 
 import select
+import time
 
 import pytest
 
 from boefje_runtime import BoefjeAPIClient, RetryPolicy, TaskFilter
+from boefje_runtime.pool.events import PoolEvents
 from boefje_runtime.pool.popthreads import (
     PopThreads,
     TaskDurations,
@@ -17,7 +19,7 @@ from boefje_runtime.pool.popthreads import (
 )
 from boefje_runtime.testing import make_task
 
-from .helpers import wait_until
+from .helpers import new_pool, ready_workers, wait_until
 
 IMAGE = "ghcr.io/minvws/openkat/test:latest"
 NO_RETRY = RetryPolicy(attempts=1, total_seconds=1.0, initial_wait=0.01, max_wait=0.01)
@@ -61,6 +63,19 @@ def test_task_durations_are_a_running_average_per_boefje():
     assert 0.02 < durations.expected("dns") < 0.04
     assert durations.expected("nmap") == 60.0
     assert durations.expected("other") is None
+
+
+def test_task_durations_are_learnt_from_who_holds_which_task():
+    durations = TaskDurations()
+    # worker 7 gets a dns task at 1.0, worker 8 an nmap task at 1.0
+    durations.watch([(7, "dns", 1.0), (8, "nmap", 1.0)], 1.0)
+    # at 1.03 worker 7 holds its next task (handed out at 1.03): the first took 30 ms
+    durations.watch([(7, "dns", 1.03), (8, "nmap", 1.0)], 1.03)
+    assert durations.expected("dns") == pytest.approx(0.03)
+    assert durations.expected("nmap") is None  # still running
+    # at 2.0 both are idle
+    durations.watch([], 2.0)
+    assert durations.expected("nmap") == pytest.approx(1.0)
 
 
 # -- the threads -----------------------------------------------------------------------------------
@@ -120,3 +135,33 @@ def test_without_threads_a_pop_runs_inline(boefje_api):
         assert len(answer.raw_tasks) == 1
     finally:
         pops.close()
+
+
+# -- in the pool -----------------------------------------------------------------------------------
+
+
+class TurnCounter(PoolEvents):
+    def __init__(self) -> None:
+        self.turns = 0
+
+    def loop_turned(self, now: float) -> None:
+        self.turns += 1
+
+
+def test_the_loop_sleeps_while_a_slow_pop_is_in_flight(boefje_api):
+    # given a scheduler whose pops take a second, and a pool whose workers come up one by one
+    boefje_api.inject("pop", delay=1.0, times=None)
+    counter = TurnCounter()
+    pool = new_pool(boefje_api.url, pool_size=2, listeners=[counter]).start()
+    try:
+        wait_until(lambda: boefje_api.request_counts().get("pop", 0) >= 1, 10, "a pop at the server")
+        wait_until(lambda: ready_workers(pool) == 2, 10, "both workers ready")
+        turns = counter.turns
+
+        # when the second worker waits while the first pop is still out
+        time.sleep(0.5)  # a window to count the loop's turns in, not a synchronisation
+
+        # then the loop does not spin on it: the answer wakes it (a spinning loop turns thousands of times)
+        assert counter.turns - turns < 20
+    finally:
+        pool.stop(immediate=True, timeout=20)

@@ -138,7 +138,7 @@ def test_start_up_lines_are_the_seeds(boefje_api, plugin_dir, tmp_path, workers)
     worker.wait_for_line(r"\[info\] Created worker pool for queue 'boefje'")
     worker.wait_for_line(r"\[info\] Started listening for tasks from worker pid=\d+")
     worker.wait_for_line(
-        r'HTTP Request: POST http://127\.0\.0\.1:\d+/api/v0/scheduler/boefje/pop\?limit=\d "HTTP/1\.1 200 OK"'
+        r'HTTP Request: POST http://127\.0\.0\.1:\d+/api/v0/scheduler/boefje/pop\?limit=\d+ "HTTP/1\.1 200 OK"'
     )
 
 

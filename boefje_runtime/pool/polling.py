@@ -5,6 +5,12 @@ back-off (an empty queue is asked at most once per poll interval once it stays e
 error back-off (capped, jittered) both set ``next_pop``. Kept out of the supervisor so its loop
 reads as "pop for free workers" and the pacing can be read in one place.
 
+Pops run in threads (popthreads.py), so the loop never waits for one: :meth:`Poller.request`
+starts them, :meth:`Poller.collect` takes what came back. A pop starts for each idle worker and for
+each busy one that should be free within one pop round trip (from how long its boefje usually
+takes), less the tasks held and the pops in flight: the worker finds its next task waiting, and
+no more than one task waits per such worker.
+
 Two small methods are the poller's policy, so a pop policy (e.g. deduplication's bigger pops) can
 replace them: :meth:`Poller.demand` (how many to pop) and :meth:`Poller.take` (what to do with the
 answer: groups to run, malformed tasks to close, surplus to push back). The supervisor still decides
@@ -15,18 +21,20 @@ poller is handed the workers and the groups the supervisor holds, and never impo
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sized
+from collections.abc import Callable, Iterable, Sized
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..client import BoefjeAPIClient
-from ..errors import APIError, ParseError
+from ..errors import ParseError
 from ..filters import TaskFilter
 from ..models import Task
+from ..tracing import PopTrace, PopTracer
 from .backoff import ErrorBackoff, IdleBackoff
-from .dedup import group_duplicates
 from .events import PoolEvents, emit
 from .exits import Ticket
+from .pop_policy import PopMode, PopPolicy
+from .popthreads import PopThreads, TaskDurations, expected_free_at, next_soon, pops_wanted
 from .process import WorkerHandle
 from .settings import PoolSettings
 
@@ -48,9 +56,23 @@ class Answer:
 class Poller:
     """Pops only for free workers (plus any prefetch), so tasks never wait on a busy container."""
 
-    def __init__(self, api: BoefjeAPIClient, settings: PoolSettings) -> None:
+    def __init__(self, api: BoefjeAPIClient, settings: PoolSettings, task_filter: TaskFilter | None = None,
+                 *, threads: int | None = None, tracer_factory: Callable[[], PopTracer] | None = None) -> None:
         self.api = api
         self.settings = settings
+        #: The pops in flight: one thread per worker at most (``threads=0``: pops run inline, for
+        #: step-driven tests with an injected clock).
+        self.pops = PopThreads(api.clone, settings.queue, task_filter or TaskFilter(),
+                               max_threads=settings.pool_size + settings.prefetch if threads is None else threads,
+                               tracer_factory=tracer_factory)
+        #: How long each boefje keeps a worker busy (watched at every :meth:`request`).
+        self.durations = TaskDurations()
+        #: How much to ask of a pop and what to keep of its answer (whole duplicate groups).
+        self.policy = PopPolicy(deduplicate=settings.deduplicate, group_limit=settings.dedup_group_limit)
+        #: The last answer was empty (burst mode ends on it once nothing else is going on).
+        self.empty = False
+        #: The last answer brought work: only then may pops overlap (see :meth:`request`).
+        self.flowing = False
         self.idle = IdleBackoff(settings.first_poll_wait, settings.poll_interval, settings.hot_window)
         self.errors = ErrorBackoff(first=0.5, ceiling=settings.max_error_backoff)
         #: No pop before this time (the supervisor's clock); the back-offs move it.
@@ -63,17 +85,37 @@ class Poller:
         """The task limit (``max_tasks``) is reached: nothing more will be popped."""
         return self.settings.max_tasks is not None and self.popped >= self.settings.max_tasks
 
-    def demand(self, workers: Iterable[WorkerHandle], held: Sized) -> int:
-        """How many tasks to pop now: one per idle worker (and per worker that is only delivering
-        its output, with pop-ahead), plus the prefetch, minus what we already hold; never past the
-        task limit. Zero or less: none."""
-        free = 0
+    @property
+    def round_trip(self) -> float:
+        """A pop's usual round trip (0 until one came back)."""
+        return self.pops.round_trip.value or 0.0
+
+    def free_at(self, workers: Iterable[WorkerHandle], now: float) -> list[float | None]:
+        """When each worker holding a task should be free (None: unknown). One that is only
+        delivering its output is free now; with pop-ahead off, none is counted before it is idle."""
+        if not self.settings.pop_ahead:
+            return []
+        times: list[float | None] = []
         for worker in workers:
-            if worker.takes_task or (self.settings.pop_ahead and worker.free_soon):
-                free += 1
-        want = free + self.settings.prefetch - len(held)
+            if worker.free_soon:
+                times.append(now)
+            elif worker.holds_task and worker.assignment is not None:
+                expected = self.durations.expected(worker.assignment.task.data.boefje.id)
+                times.append(expected_free_at(worker.assignment.started, expected, now, self.round_trip))
+        return times
+
+    def demand(self, workers: Iterable[WorkerHandle], held: Sized, now: float = 0.0,
+               free_at: list[float | None] | None = None) -> int:
+        """How many tasks to pop now: one per idle worker and per busy worker free within one pop
+        round trip (pop-ahead), plus the prefetch, minus what we already hold and the pops in
+        flight; never past the task limit. Zero or less: none."""
+        workers = list(workers)
+        idle = sum(1 for worker in workers if worker.takes_task)
+        free_at = self.free_at(workers, now) if free_at is None else free_at
+        want = pops_wanted(idle=idle, free_at=free_at, now=now, round_trip=self.round_trip,
+                           held=len(held), in_flight=self.pops.slots_in_flight, prefetch=self.settings.prefetch)
         if self.settings.max_tasks is not None:
-            want = min(want, self.settings.max_tasks - self.popped)
+            want = min(want, self.settings.max_tasks - self.popped - self.pops.limits_in_flight)
         return want
 
     def worth_popping(self, want: int, workers: Iterable[WorkerHandle], held: Sized) -> bool:
@@ -82,42 +124,87 @@ class Poller:
         if want <= 0:
             return False
         idle = sum(1 for worker in workers if worker.takes_task)
-        last_batch = self.settings.max_tasks is not None and want >= self.settings.max_tasks - self.popped
-        return idle > len(held) or want > self.settings.prefetch or last_batch
+        left = None if self.settings.max_tasks is None else self.settings.max_tasks - self.popped
+        last_batch = left is not None and want >= left - self.pops.limits_in_flight
+        return idle > len(held) + self.pops.slots_in_flight or want > self.settings.prefetch or last_batch
 
-    def next_due(self, workers: list[WorkerHandle], held: Sized) -> float | None:
-        """When the loop should wake up to pop, or None when it wants nothing (waking would spin)."""
-        if self.worth_popping(self.demand(workers, held), workers, held):
+    def next_due(self, workers: list[WorkerHandle], held: Sized, now: float = 0.0) -> float | None:
+        """When the loop should wake up to pop: now (or when the back-off allows) if it wants a pop,
+        else when the next busy worker gets within a round trip of its end; None when it wants
+        nothing (waking would spin). Answers wake the loop by themselves (``pops.wakeup_fd``)."""
+        if self._one_at_a_time:
+            return None  # the answer in flight wakes the loop
+        free_at = self.free_at(workers, now)
+        if self.worth_popping(self.demand(workers, held, now, free_at), workers, held):
             return self.next_pop
-        return None
+        soon = next_soon(free_at, now, self.round_trip)
+        return None if soon is None else max(soon, self.next_pop)
 
-    def pop(
-        self, now: float, want: int, task_filter: TaskFilter, listeners: Iterable[PoolEvents]
-    ) -> list[Any] | None:
-        """Pop up to ``want`` raw tasks; None after an API error (the error back-off then paces
-        the next try). An empty answer moves ``next_pop`` by the idle back-off; work makes it now."""
-        try:
-            raw_tasks = self.api.pop_raw(self.settings.queue, task_filter, want)
-        except (APIError, ParseError) as exc:
-            wait = self.errors.failed()
-            self.next_pop = now + wait
-            logger.warning("Could not pop tasks: %s; next try in %.1f s", exc, wait)
-            emit(listeners, "api_error", "pop")
-            emit(listeners, "api_reachable", False, now)
-            return None
-        self.errors.succeeded()
-        emit(listeners, "api_reachable", True, now)
-        if not raw_tasks:
-            self.next_pop = now + self.idle.next_wait(now)
-            return raw_tasks
-        self.idle.got_work(now)
-        self.next_pop = now
-        self.popped += len(raw_tasks)
-        return raw_tasks
+    @property
+    def _one_at_a_time(self) -> bool:
+        """While the queue looks empty (or the API fails), one pop at a time for every free worker:
+        an idle pool asks once per interval, and a group enqueued now arrives in one answer."""
+        return not self.flowing and self.pops.in_flight > 0
 
-    def take(self, raw_tasks: list[Any]) -> Answer:
-        """Parse popped tasks and group their duplicates (the first of a group runs). A malformed
-        task with a usable id is handed back to be closed: nobody else will run it."""
+    def request(self, now: float, workers: list[WorkerHandle], held: Sized) -> None:
+        """Start pops for the workers that want a task now (see :meth:`demand`). Asking for whole
+        groups (the policy's GROUPS mode: a pop brings one group or one task), each worker gets a
+        pop of its own, so pops overlap; otherwise (with a prefetch, which pops in batches, and
+        while the queue looks empty or the API fails) one pop asks for all of them."""
+        self.durations.watch(((worker.pid, worker.assignment.task.data.boefje.id, worker.assignment.started)
+                              for worker in workers if worker.holds_task and worker.assignment is not None), now)
+        if now < self.next_pop or self._one_at_a_time:
+            # While the queue looks empty, one pop at a time for every free worker: an idle pool
+            # asks once per interval, and a group enqueued now arrives in one answer.
+            return
+        want = self.demand(workers, held, now)
+        if not self.worth_popping(want, workers, held):
+            return
+        left = None if self.settings.max_tasks is None else self.settings.max_tasks - self.popped
+        if self.policy.mode is PopMode.GROUPS and not self.settings.prefetch and self.flowing:
+            for _ in range(want):
+                limit = self.policy.limit(1) if left is None else min(self.policy.limit(1), left)
+                if limit <= 0:
+                    return
+                self.pops.request(limit, slots=1)
+                if left is not None:
+                    left -= limit
+        else:
+            limit = self.policy.limit(want) if left is None else min(self.policy.limit(want), left)
+            self.pops.request(limit, slots=want)
+
+    def collect(self, now: float, listeners: Iterable[PoolEvents]) -> list[tuple[list[Any], int, PopTrace | None]]:
+        """The raw tasks of every pop that came back since the last call, with the number of
+        workers it was for and its trace (tracing on). An API error moves ``next_pop`` by the
+        error back-off, an empty answer by the idle back-off."""
+        answers = []
+        for answer in self.pops.answers():
+            if answer.raw_tasks is None:
+                wait = self.errors.failed()
+                self.next_pop = max(self.next_pop, now + wait)
+                logger.warning("Could not pop tasks: %s; next try in %.1f s", answer.error, wait)
+                emit(listeners, "api_error", "pop")
+                emit(listeners, "api_reachable", False, now)
+                continue
+            self.errors.succeeded()
+            emit(listeners, "api_reachable", True, now)
+            self.empty = not answer.raw_tasks
+            self.flowing = not self.empty
+            if self.empty:
+                self.next_pop = max(self.next_pop, now + self.idle.next_wait(now))
+                continue
+            self.idle.got_work(now)
+            self.popped += len(answer.raw_tasks)
+            answers.append((answer.raw_tasks, answer.slots, answer.trace))
+        return answers
+
+    def close(self) -> None:
+        self.pops.close()
+
+    def take(self, raw_tasks: list[Any], room: int) -> Answer:
+        """Parse popped tasks and group their duplicates (the first of a group runs); keep the
+        groups ``room`` workers can start, the rest is surplus to push back (pop_policy.py). A
+        malformed task with a usable id is handed back to be closed: nobody else will run it."""
         answer = Answer()
         tasks = []
         for index, item in enumerate(raw_tasks):
@@ -128,5 +215,7 @@ class Poller:
                 ticket = Ticket.of_malformed(item)
                 if ticket is not None:
                     answer.malformed.append((ticket, str(exc)))
-        answer.groups = group_duplicates(tasks, self.settings.deduplicate)
+        settled = self.policy.settle(tasks, room)
+        answer.groups, answer.surplus = settled.keep, settled.surplus
+        self.popped -= len(settled.surplus)
         return answer

@@ -29,7 +29,7 @@ from typing import Any
 
 from ..client import BoefjeAPIClient
 from ..filters import TaskFilter
-from .events import PoolEvents
+from ..tracing import PopTrace, PopTracer
 
 #: Weight of the newest sample in the running averages (pop round trip, task durations).
 SMOOTHING = 0.2
@@ -44,6 +44,8 @@ class PopAnswer:
     raw_tasks: list[Any] | None
     error: Exception | None
     seconds: float
+    #: With tracing on: the pop's ids and times (its request carried that traceparent).
+    trace: PopTrace | None = None
 
 
 class RunningAverage:
@@ -57,17 +59,24 @@ class RunningAverage:
         self.value = sample if self.value is None else self.value + self.smoothing * (sample - self.value)
 
 
-class TaskDurations(PoolEvents):
-    """How long a worker is busy with a task of each boefje (as each task's closing line says), so
-    the supervisor can tell which busy workers will be free within one pop round trip. A listener
-    of the pool's events; tasks that did not run (pushed back: no duration) are left out."""
+class TaskDurations:
+    """How long a worker is busy with a task of each boefje (from dispatch until the worker is
+    done with it), so the supervisor can tell which busy workers will be free within one pop round
+    trip. :meth:`watch` learns it by looking at who holds which task at each step."""
 
     def __init__(self) -> None:
         self._by_boefje: dict[str, RunningAverage] = {}
+        #: worker pid -> (boefje id, when its task was handed out), as last seen
+        self._held: dict[int, tuple[str, float]] = {}
 
-    def task_finished(self, boefje_id: str, outcome: str, duration: float) -> None:
-        if duration > 0:
-            self.add(boefje_id, duration)
+    def watch(self, holding: Iterable[tuple[int, str, float]], now: float) -> None:
+        """``holding``: (pid, boefje id, handed out at) of every worker holding a task now. A task
+        seen last time and gone now took until ``now``."""
+        current = {pid: (boefje_id, started) for pid, boefje_id, started in holding}
+        for pid, seen in self._held.items():
+            if current.get(pid) != seen:
+                self.add(seen[0], now - seen[1])
+        self._held = current
 
     def add(self, boefje_id: str, seconds: float) -> None:
         self._by_boefje.setdefault(boefje_id, RunningAverage()).add(seconds)
@@ -116,8 +125,10 @@ class PopThreads:
     """
 
     def __init__(self, api_factory: Callable[[], BoefjeAPIClient], queue_name: str, task_filter: TaskFilter,
-                 *, max_threads: int) -> None:
+                 *, max_threads: int, tracer_factory: Callable[[], PopTracer] | None = None) -> None:
         self.api_factory = api_factory
+        #: Tracing on: one PopTracer per thread, its client's header hook (one pop at a time each).
+        self.tracer_factory = tracer_factory
         self.queue_name = queue_name
         self.task_filter = task_filter
         self.max_threads = max_threads
@@ -131,7 +142,7 @@ class PopThreads:
         self._waiting = 0  # threads blocked on the job queue
         self._queued = 0  # jobs put and not yet taken by a thread
         self._lock = threading.Lock()
-        self._inline_api: BoefjeAPIClient | None = None
+        self._inline_api: tuple[BoefjeAPIClient, PopTracer | None] | None = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -154,8 +165,8 @@ class PopThreads:
         self.limits_in_flight += limit
         if self.max_threads <= 0:
             if self._inline_api is None:
-                self._inline_api = self.api_factory()
-            self._answer(self._pop(self._inline_api, (limit, slots)))
+                self._inline_api = self._client()
+            self._answer(self._pop(*self._inline_api, (limit, slots)))
             return
         with self._lock:
             # a new thread unless one is waiting with nothing to do: pops must not queue behind pops
@@ -197,15 +208,22 @@ class PopThreads:
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         if self._inline_api is not None:
-            self._inline_api.close()
+            self._inline_api[0].close()
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
 
     # -- in the pop threads ------------------------------------------------------------------------
 
-    def _serve(self) -> None:
+    def _client(self) -> tuple[BoefjeAPIClient, PopTracer | None]:
         api = self.api_factory()
+        tracer = self.tracer_factory() if self.tracer_factory is not None else None
+        if tracer is not None:
+            api.header_hook = tracer
+        return api, tracer
+
+    def _serve(self) -> None:
+        api, tracer = self._client()
         try:
             while True:
                 with self._lock:
@@ -216,18 +234,22 @@ class PopThreads:
                     self._queued -= job is not None
                 if job is None:
                     return
-                self._answer(self._pop(api, job))
+                self._answer(self._pop(api, tracer, job))
         finally:
             api.close()
 
-    def _pop(self, api: BoefjeAPIClient, job: tuple[int, int]) -> PopAnswer:
+    def _pop(self, api: BoefjeAPIClient, tracer: PopTracer | None, job: tuple[int, int]) -> PopAnswer:
         limit, slots = job
         started = time.monotonic()
+        if tracer is not None:
+            tracer.before_pop()
         try:
             raw_tasks = api.pop_raw(self.queue_name, self.task_filter, limit)
         except Exception as exc:  # any failure must come back as an answer: the loop counts on it
-            return PopAnswer(limit, slots, None, exc, time.monotonic() - started)
-        return PopAnswer(limit, slots, raw_tasks, None, time.monotonic() - started)
+            trace = tracer.after_pop(0) if tracer is not None else None
+            return PopAnswer(limit, slots, None, exc, time.monotonic() - started, trace)
+        trace = tracer.after_pop(len(raw_tasks)) if tracer is not None else None
+        return PopAnswer(limit, slots, raw_tasks, None, time.monotonic() - started, trace)
 
     def _answer(self, answer: PopAnswer) -> None:
         self._answers.append(answer)

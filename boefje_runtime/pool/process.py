@@ -1,8 +1,8 @@
 """The supervisor's handle on one worker process: its state, the task it holds, how it is killed.
 
 The supervisor owns these handles, so at every moment it knows exactly which process holds which
-task; nothing is inferred from shared state. Forking is :func:`spawn`, the one place a worker
-process is made (a fork server may replace it without touching the rest).
+task; nothing is inferred from shared state. :func:`start_worker` is the one place a worker
+process is made: the fork server forks it (forkserver.py).
 """
 
 from __future__ import annotations
@@ -13,14 +13,15 @@ import os
 import signal
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import process_tree
 from ..models import Task
 from .lifecycle import FREE_SOON, HOLDS_TASK, STAYS, TAKES_TASK, Bounds, WorkerState, check
 
-#: Signals held back while forking, so a child never runs the supervisor's handlers.
-_BLOCKED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+if TYPE_CHECKING:
+    from .forkserver import ForkedProcess, ForkServer
+
 
 
 @dataclass
@@ -45,7 +46,7 @@ class WorkerHandle:
     signal). No pid, no handle, no kill.
     """
 
-    def __init__(self, process: multiprocessing.process.BaseProcess, conn: Connection, now: float,
+    def __init__(self, process: ForkedProcess | multiprocessing.process.BaseProcess, conn: Connection, now: float,
                  bounds: Bounds) -> None:
         pid = process.pid
         if not isinstance(pid, int) or pid <= 0:
@@ -119,6 +120,9 @@ class WorkerHandle:
     def exited(self) -> bool:
         """True once the process has ended, without reaping it: its pid (and so its process
         group and session ids) stays reserved until :attr:`exitcode` is read."""
+        ended = getattr(self.process, "ended", None)
+        if ended is not None:  # forked by the fork server, which keeps it unreaped till then
+            return ended()
         try:
             result = os.waitid(os.P_PID, self._pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         except ChildProcessError:
@@ -143,34 +147,11 @@ class WorkerHandle:
         return []
 
 
-def spawn(target: Any, args: tuple[Any, ...]) -> multiprocessing.process.BaseProcess:
-    """Fork a worker with the termination signals blocked around the fork.
-
-    The child installs its own handlers and then unblocks them (see ``worker.install_signals``), so
-    there is no moment at which a SIGTERM meant for the supervisor runs the supervisor's handler
-    inside a child. Fork (not spawn) so workers share the supervisor's imported pages.
-    """
-    context = multiprocessing.get_context("fork")
-    process = context.Process(target=target, args=args, daemon=False)
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED)
-    try:
-        process.start()
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-    return process
-
-
-def start_worker(main: Any, spec: Any, now: float, bounds: Bounds) -> WorkerHandle:
-    """Fork a worker running ``main(conn, spec, supervisor_pid)`` and return the supervisor's handle."""
-    parent_end, child_end = multiprocessing.get_context("fork").Pipe()
-    try:
-        process = spawn(main, (child_end, spec, os.getpid()))
-    except BaseException:
-        parent_end.close()
-        raise
-    finally:
-        child_end.close()
-    return WorkerHandle(process, parent_end, now, bounds)
+def start_worker(forks: ForkServer, now: float, bounds: Bounds) -> WorkerHandle:
+    """Fork a worker (by the fork server: never from this process, which runs threads; see
+    forkserver.py) and return the supervisor's handle on it."""
+    process, conn = forks.spawn()
+    return WorkerHandle(process, conn, now, bounds)
 
 
 def describe_exit(exitcode: int | None, *, oom_kills: int = 0) -> str:

@@ -55,6 +55,8 @@ class Reaper:
         self._oom = OomCounter()
         self._next_sweep = 0.0
         self._was_subreaper = False
+        #: Children of ours that are not strays although they are no workers (the fork server).
+        self.spare: Callable[[], Iterable[int]] = tuple
 
     def begin(self) -> None:
         if self.adopt:
@@ -126,7 +128,7 @@ class Reaper:
     def sweep(self, workers: Iterable[WorkerHandle], now: float) -> None:
         """Adopting: every child of ours that is not a worker is a stray: kill its tree and reap it."""
         self._next_sweep = now + STRAY_SWEEP
-        known = {worker.pid for worker in workers}
+        known = {worker.pid for worker in workers} | set(self.spare())
         strays = [pid for pid in process_tree.children(os.getpid()) if pid not in known]
         if not strays:
             return

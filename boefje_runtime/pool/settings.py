@@ -28,6 +28,8 @@ class PoolSettings:
     heartbeat: float = 1.0
     #: Run tasks of one pop that are duplicates once and post the output to each.
     deduplicate: bool = True
+    #: With ``deduplicate``, the pop limit, so a group of duplicates arrives whole (pop_policy.py).
+    dedup_group_limit: int = 32
     #: Kill a task's process after this many seconds (None: no limit).
     task_timeout: float | None = None
     #: Replace a worker after it ran this many tasks (None: never).

@@ -41,6 +41,7 @@ from .backoff import StartupGuard
 from .events import PoolEvents, PoolStats, emit
 from .exits import TaskExit, Ticket
 from .finalizer import Finalizer
+from .forkserver import ForkServer
 from .lifecycle import Bounds, WorkerState, call_bound
 from .messages import Mailbox
 from .polling import Answer, Poller
@@ -102,7 +103,11 @@ class WorkerPool:
         self._finalizer = Finalizer(self._api, self.settings.queue, self.listeners)
         #: Popped groups no worker has started yet (the first task of a group runs).
         self._held: deque[list[Task]] = deque()
-        self._poller = Poller(self._api, self.settings)
+        # An injected clock means a step-driven pool (tests): its pops run inline, so what a step
+        # pops is there in the same step; otherwise in threads (popthreads.py).
+        self._poller = Poller(self._api, self.settings, self.task_filter,
+                              threads=None if clock is time.monotonic else 0,
+                              tracer_factory=PopTracer if tracing.enabled else None)
         self._startup = StartupGuard()
         self._mailbox = Mailbox(self._finalizer, self._startup, self.listeners)
         adopt = self.settings.adopt_orphans or os.getpid() == 1
@@ -122,12 +127,16 @@ class WorkerPool:
             max_memory_per_child=self.settings.max_memory_per_child,
             tracing=tracing,
         )
-        # Tracing on: the pop's traceparent, and which pop brought each held group (see tracing.py).
-        self._pop_tracer = PopTracer() if tracing.enabled else None
+        # Tracing on: which pop brought each held group (each pop thread's client carries its own
+        # pop's traceparent, see tracing.py and popthreads.py).
         self._pop_traces: dict[str, PopTrace] = {}
-        if self._pop_tracer is not None:
-            self._api.header_hook = self._pop_tracer
+        if tracing.enabled:
             tracing.preload()  # imported once here, not per forked worker
+        # Forked now, before the caller or we start any thread (the health endpoint, the pops in
+        # flight): every worker is forked by this clean, single-threaded process (forkserver.py).
+        self._forks = ForkServer(w.worker_main, self._worker_spec).start()
+        self._reaper.spare = lambda: (self._forks.pid,)
+        self._selector.register(self._poller.pops.wakeup_fd, selectors.EVENT_READ, None)
         policy = client.retry_policy
         self._bounds = Bounds(
             startup=self.settings.startup_timeout,
@@ -147,6 +156,7 @@ class WorkerPool:
             poll_interval=config.poll_interval,
             heartbeat=config.worker_heartbeat,
             deduplicate=config.deduplicate,
+            dedup_group_limit=config.dedup_group_limit,
             task_timeout=config.task_timeout or None,
             max_tasks_per_child=config.max_tasks_per_child or None,
             max_memory_per_child=config.max_memory_per_child or None,
@@ -228,12 +238,16 @@ class WorkerPool:
         self._read_messages(now)
         self._reaper.reap(self.workers, now, self._last_words, self._forget)
         timeouts.enforce(self.workers, now, self._finalizer, self._startup)
+        if self._phase is Phase.RUNNING:
+            self._collect_pops(now)  # before the finalizer: a malformed task is closed before the next pop
         self._finalizer.run(now)
         if self._phase is Phase.RUNNING:
             self._fill(now)
-            self._dispatch(now)  # first what we hold: a pop blocks for a round trip
-            self._poll(now)
             self._dispatch(now)
+            self._poll(now)  # after the dispatch: a worker that just got a task may want its next
+            if self._poller.pops.answered:
+                self._collect_pops(now)
+                self._dispatch(now)
         elif self._phase is Phase.DRAINING:
             self._drain(now)
         busy = sum(1 for worker in self.workers if worker.holds_task)
@@ -306,36 +320,30 @@ class WorkerPool:
                 return  # after a start-up death, start one at a time until one comes up
 
     def _spawn(self, now: float) -> None:
-        worker = start_worker(w.worker_main, self._worker_spec, now, self._bounds)
+        worker = start_worker(self._forks, now, self._bounds)
         self._selector.register(worker.conn, selectors.EVENT_READ, worker)
         self._selector.register(worker.process.sentinel, selectors.EVENT_READ, worker)
         self.workers.append(worker)
 
+    def _collect_pops(self, now: float) -> None:
+        """Hold what the pops in flight brought back (the poller paces errors and empty answers)."""
+        for raw_tasks, slots, pop in self._poller.collect(now, self.listeners):
+            self._accept(self._poller.take(raw_tasks, room=slots), now, pop)
+
     def _poll(self, now: float) -> None:
-        """Pop for free workers (the poller decides how many); end the pool at the task limit, or in
-        burst mode once the queue is empty and nothing is left to do."""
+        """Start pops for free workers (the poller decides how many); end the pool at the task
+        limit, or in burst mode once the queue is empty and nothing is left to do."""
         poller = self._poller
         busy = any(worker.holds_task for worker in self.workers)
+        settled = not busy and not self._held and not poller.pops.in_flight
         if poller.exhausted:
-            if not busy and not self._held:
+            if settled:
                 self._begin_shutdown(now, f"the task limit ({self.settings.max_tasks}) was reached")
             return
-        if now < poller.next_pop:
+        if self.settings.burst and poller.empty and settled and not self._finalizer.blocking:
+            self._begin_shutdown(now, "burst mode: the queue is empty")
             return
-        want = poller.demand(self.workers, self._held)
-        if not poller.worth_popping(want, self.workers, self._held):
-            return
-        if self._pop_tracer is not None:
-            self._pop_tracer.before_pop()
-        raw_tasks = poller.pop(now, want, self.task_filter, self.listeners)
-        pop = self._pop_tracer.after_pop(len(raw_tasks or ())) if self._pop_tracer is not None else None
-        if raw_tasks is None:
-            return  # an API error: the poller backs off
-        if not raw_tasks:
-            if self.settings.burst and not busy and not self._held and not self._finalizer.blocking:
-                self._begin_shutdown(now, "burst mode: the queue is empty")
-            return
-        self._accept(poller.take(raw_tasks), now, pop)
+        poller.request(now, self.workers, self._held)
 
     def _accept(self, answer: Answer, now: float, pop: PopTrace | None = None) -> None:
         """Hold what will run; every other popped task leaves through the finalizer at once."""
@@ -373,10 +381,18 @@ class WorkerPool:
         self._finalizer.run(now)
 
     def _drain(self, now: float) -> None:
-        """The rest of the drain (see shutdown.py), a step at a time; stopped once it is done."""
+        """The rest of the drain (see shutdown.py), a step at a time; stopped once it is done, and
+        once no pop is in flight (what one brings now goes back to the queue)."""
+        for raw_tasks, _, _ in self._poller.collect(now, self.listeners):
+            self._accept(self._poller.take(raw_tasks, room=0), now)
         exit_code = self._shutdown.drain(now, self.workers)
         if exit_code is None:
             return
+        if self._poller.pops.in_flight and now < self._shutdown.deadline + FINALIZE_GRACE:
+            return  # its answer wakes the loop
+        if self._poller.pops.in_flight:
+            logger.error("Stopped with %d pops unanswered: a task they brought stays dispatched",
+                         self._poller.pops.in_flight)
         if exit_code != ExitCode.OK:  # an exit code set before is not reset
             self.exit_code = exit_code
         self._phase = Phase.STOPPED
@@ -389,7 +405,7 @@ class WorkerPool:
         due = [now + self.settings.heartbeat, self._finalizer.next_due(), timeouts.next_due(self.workers),
                self._reaper.next_due()]
         if self._phase is Phase.RUNNING:
-            due.append(None if self._poller.exhausted else self._poller.next_due(self.workers, self._held))
+            due.append(None if self._poller.exhausted else self._poller.next_due(self.workers, self._held, now))
             if sum(1 for worker in self.workers if worker.stays) < self.settings.pool_size:
                 due.append(self._startup.not_before)
         elif self._phase is Phase.DRAINING:
@@ -416,5 +432,7 @@ class WorkerPool:
         if self._finalizer.blocking:
             self._finalizer.run(now)
         self._reaper.end()
+        self._poller.close()
+        self._forks.close()
         self._selector.close()
         self._api.close()
