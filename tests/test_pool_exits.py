@@ -75,6 +75,7 @@ def patch_failed(api, make_pool, tmp_path, fault) -> tuple[WorkerPool, str, str,
 
 def push(api, make_pool, tmp_path, fault) -> tuple[WorkerPool, str, str, Fault]:
     """A prefetched task is pushed back at shutdown; the push gets ``fault`` (twice)."""
+    api.pop_mode = "limit"  # prefetch holds an unrelated task only where the scheduler honours the limit
     running, pid_file, release = hold_task(tmp_path, "running")
     api.enqueue(running)
     waiting = api.enqueue(task())
