@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import gc
+import json
 import logging
 import os
 import selectors
@@ -267,6 +268,7 @@ class WorkerPool:
         gc.freeze()
         self._reaper.begin()
         logger.info("Created worker pool for queue '%s'", self.settings.queue)
+        logger.info("Popping tasks with filters %s", json.dumps(self.task_filter.filters()))
         if self.settings.oversized:
             logger.warning("POOL_SIZE %d is more than %d workers per CPU (%d CPUs): each is a process with its own "
                            "memory; is that intended?", self.settings.pool_size, 4, os.cpu_count() or 1)
@@ -351,6 +353,8 @@ class WorkerPool:
             self._finalizer.settle(ticket, TaskExit.MALFORMED, now, reason=TaskExit.MALFORMED.reason(error=error))
         for task in answer.surplus:
             self._finalizer.settle(Ticket.of(task), TaskExit.PUSHED_BACK, now)
+        if answer.surplus:  # back now, before any worker starts: other containers may be idle
+            self._finalizer.run(now)
         if pop is not None:
             for index, group in enumerate(answer.groups):
                 self._pop_traces[group[0].id] = pop if index == 0 else pop.for_next_task()
