@@ -52,7 +52,17 @@ def parse_bool(value: Any) -> bool:
     raise ValueError(f"{value!r} is not a boolean; use true/false, 1/0, yes/no or on/off")
 
 
-def _number(kind: type, *, minimum: float | None = None, positive: bool = False, off: bool = False) -> Callable:
+#: The most worker processes a pool may have. Each is a forked process with its own memory for
+#: what its boefjes allocate; more than this is a typo (``--pool-size 100000`` once forked 3,000
+#: workers and exhausted 24 GiB before it could be stopped), not a deployment. Checked here, so the
+#: CLI says so in one line (exit 2), and again by ``PoolSettings`` for pools built in code.
+MAX_POOL_SIZE = 256
+
+
+def _number(
+    kind: type, *, minimum: float | None = None, maximum: float | None = None, positive: bool = False,
+    off: bool = False,
+) -> Callable:
     """A parser for an int or float setting; with ``off``, empty/0/"off"/"none" mean None (no limit)."""
     noun = "an integer" if kind is int else "a number"
 
@@ -81,6 +91,8 @@ def _number(kind: type, *, minimum: float | None = None, positive: bool = False,
             raise ValueError(f"{value!r} must be greater than 0" + (" (or 0/off for no limit)" if off else ""))
         if minimum is not None and number < minimum:
             raise ValueError(f"{value!r} must be at least {minimum:g}")
+        if maximum is not None and number > maximum:
+            raise ValueError(f"{value!r} must be at most {maximum:g}")
         return number
 
     return parse
@@ -323,8 +335,8 @@ SETTINGS: tuple[Setting, ...] = (
         mode=Mode.BOTH,
     ),
     Setting(
-        "pool_size", "POOL_SIZE", ("--pool-size",), _number(int, minimum=1), 2,
-        "Worker processes, each running one task at a time.", metavar="N",
+        "pool_size", "POOL_SIZE", ("--pool-size",), _number(int, minimum=1, maximum=MAX_POOL_SIZE), 2,
+        "Worker processes, each running one task at a time; at most 256.", metavar="N",
         mode=Mode.WORKER,
     ),
     Setting(

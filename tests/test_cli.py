@@ -90,6 +90,7 @@ def test_version():
     [
         ([], {"DEDUPLICATE": "maybe"}, "--deduplicate"),
         ([], {"POOL_SIZE": "0"}, "--pool-size"),
+        ([], {"POOL_SIZE": "100000"}, "must be at most 256"),  # it once forked until memory ran out
         (["--pool-size", "many"], {}, "--pool-size"),
         (["--poll-interval", "-1"], {}, "--poll-interval"),
         (["--log-level", "TRACE"], {}, "--log-level"),

@@ -113,7 +113,7 @@ def test_values_parse_from_the_environment(env, field, expected):
 @pytest.mark.parametrize(
     ("env", "text"),
     [
-        ("POOL_SIZE", "0"), ("POOL_SIZE", "two"), ("POOL_SIZE", "1.5"),
+        ("POOL_SIZE", "0"), ("POOL_SIZE", "two"), ("POOL_SIZE", "1.5"), ("POOL_SIZE", "257"),
         ("POLL_INTERVAL", "0"), ("POLL_INTERVAL", "-1"), ("POLL_INTERVAL", "nan"),
         ("WORKER_HEARTBEAT", "inf"), ("OUTGOING_REQUEST_TIMEOUT", "0"),
         ("TASK_TIMEOUT", "-5"), ("PREFETCH", "-1"), ("SHUTDOWN_TIMEOUT", "-1"),

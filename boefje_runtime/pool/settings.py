@@ -5,10 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-#: The most worker processes a pool may have. Each is a forked process with its own memory for
-#: what its boefjes allocate; more than this is a typo (``--pool-size 100000`` once forked 3,000
-#: workers and exhausted 24 GiB before it could be stopped), not a deployment.
-MAX_POOL_SIZE = 256
+from ..config import MAX_POOL_SIZE
+
 #: Above this many workers per CPU the pool says it is probably oversized (boefjes mostly wait on the
 #: network, so a few per CPU make sense; dozens do not).
 WORKERS_PER_CPU_WARNING = 4
