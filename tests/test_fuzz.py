@@ -504,7 +504,11 @@ def test_worker_mode_fails_a_malformed_task_and_keeps_going(fuzz_api, fuzz_pool,
     # Then it is reported and marked failed, and the pool goes on
     wait_until(lambda: fuzz_api.status(victim) == "failed", 10, "the malformed task to be marked failed")
     assert any("Malformed task in the pop answer" in line for line in lines.lines[logged:])
-    assert fuzz_api.outputs(victim) == []  # it never ran
+    # it never ran: its one output is the pool's FAILED one, whose error file says why
+    (output,) = fuzz_api.outputs(victim)
+    (error_file,) = output["files"]
+    assert output["status"] == "FAILED" and "error/boefje" in error_file["tags"]
+    assert error_file["content"].startswith(b"the task could not be read: pop[0]")
     _pool_goes_on(fuzz_api, pool)
 
 
