@@ -80,9 +80,6 @@ def test_the_pool_survives_kills_outages_and_bad_answers(tmp_path, capsys):
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(strict=False, reason="a running PATCH answered 4xx (or 429 past the retries) leaves its task "
-                   "dispatched (tests/test_coverage_pool.py has the strict xfail); not strict: whether this "
-                   "seed's chaos hits a PATCH depends on timing")
 def test_the_pool_survives_4xx_answers_and_throttling(tmp_path, capsys):
     # Given a pool of 4 and 100 tasks
     settings = chaos.ChaosSettings(
