@@ -47,6 +47,8 @@ _CHILD_FAILED = 70
 _PR_SET_PDEATHSIG = 1
 #: How long the parent waits for the processes it killed to be reaped.
 _REAP_BOUND = 5.0
+#: How often the wait looks for the child's exit where there is no pidfd.
+_POLL = 0.05
 
 
 class Ending(enum.Enum):
@@ -145,11 +147,11 @@ def run_in_child(boefje: Boefje, meta: Mapping[str, Any], *, max_output_bytes: i
     os.close(write_fd)
     exited = _pidfd(pid)
     try:
-        ending, data = _wait(read_fd, exited, started + timeout if timeout else None, signals)
+        ending, data = _wait(read_fd, pid, exited, started + timeout if timeout else None, signals)
         killed = 0
         if ending is not Ending.FINISHED:
             killed = len(process_tree.kill_tree(pid))  # before it is reaped: its pid cannot be reused
-        _, status = os.waitpid(pid, 0)
+        status = _reap_child(pid)
         # Orphans of a child that died (or of a tree just killed) are ours now: they go too.
         strays = [child for child in process_tree.children(me) if child not in before]
         for stray in strays:
@@ -166,6 +168,8 @@ def run_in_child(boefje: Boefje, meta: Mapping[str, Any], *, max_output_bytes: i
         return ChildRun(ending, None, duration, signals.name, killed)
     if ending is Ending.TIMED_OUT:
         return ChildRun(ending, None, duration, "", killed)
+    if status is None:  # pragma: no cover - exited (FINISHED) but not reapable: not ours after all
+        return ChildRun(Ending.DIED, None, duration, "could not be waited for", killed)
     answer = None
     if data and os.waitstatus_to_exitcode(status) == 0:
         with contextlib.suppress(Exception):
@@ -183,6 +187,30 @@ def _reap(pids: list[int]) -> None:
         waiting -= set(process_tree.reap(waiting))
         if waiting:
             time.sleep(0.001)
+
+
+def _reap_child(pid: int) -> int | None:
+    """The child's wait status, once it has exited or been killed: a bounded wait, never a blocking
+    ``waitpid`` (a process that survives SIGKILL, e.g. in uninterruptible sleep, must not hang us)."""
+    end = time.monotonic() + _REAP_BOUND
+    while True:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return None
+        if done:
+            return status
+        if time.monotonic() >= end:
+            return None
+        time.sleep(0.001)
+
+
+def _has_exited(pid: int) -> bool:
+    """True once the child has exited, without reaping it (its pid stays ours until we do)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
 
 
 def _pidfd(pid: int) -> int | None:
@@ -218,9 +246,15 @@ def _child(write_fd: int, boefje: Boefje, meta: Mapping[str, Any],
         os._exit(code)
 
 
-def _wait(read_fd: int, exited: int | None, deadline: float | None,
+def _wait(read_fd: int, pid: int, exited: int | None, deadline: float | None,
           signals: StopSignals) -> tuple[Ending, bytes]:
-    """Read the child's result until it ends, unless the deadline passes or a signal arrives first."""
+    """Read the child's result until the child has exited, unless the deadline passes or a signal
+    arrives first.
+
+    The pipe's EOF alone does not end the wait: a boefje can close the pipe (``os.closerange``)
+    and carry on running, and the deadline and the signals must still reach it. Only the child's
+    exit does (its pidfd; without one, a short poll of ``waitid(WNOWAIT)``).
+    """
     chunks: list[bytes] = []
     watched = [fd for fd in (read_fd, exited, signals.wakeup_fd) if fd is not None]
     os.set_blocking(read_fd, False)
@@ -230,22 +264,32 @@ def _wait(read_fd: int, exited: int | None, deadline: float | None,
         wait = None if deadline is None else deadline - time.monotonic()
         if wait is not None and wait <= 0:
             return Ending.TIMED_OUT, b""
+        if exited is None:  # no pidfd: poll for the exit
+            wait = _POLL if wait is None else min(wait, _POLL)
         readable, _, _ = select.select(watched, [], [], wait)
         if signals.wakeup_fd is not None and signals.wakeup_fd in readable:
             with contextlib.suppress(BlockingIOError, OSError):
                 os.read(signals.wakeup_fd, 512)
-        if read_fd in readable or exited in readable:
+        if read_fd in readable and _drain(read_fd, chunks):  # EOF: wait for the exit only
+            watched.remove(read_fd)
+        gone = exited in readable if exited is not None else _has_exited(pid)
+        if gone:
             # The child writes everything before it exits: once it has, the rest is in the pipe.
-            while True:
-                try:
-                    chunk = os.read(read_fd, 1 << 20)
-                except BlockingIOError:
-                    break
-                if not chunk:
-                    return Ending.FINISHED, b"".join(chunks)
-                chunks.append(chunk)
-            if exited is not None and exited in readable:
-                return Ending.FINISHED, b"".join(chunks)
+            if read_fd in watched:
+                _drain(read_fd, chunks)
+            return Ending.FINISHED, b"".join(chunks)
+
+
+def _drain(read_fd: int, chunks: list[bytes]) -> bool:
+    """Read what the pipe holds into ``chunks``; True at EOF."""
+    while True:
+        try:
+            chunk = os.read(read_fd, 1 << 20)
+        except BlockingIOError:
+            return False
+        if not chunk:
+            return True
+        chunks.append(chunk)
 
 
 def describe_status(status: int) -> str:

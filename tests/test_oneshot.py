@@ -105,6 +105,20 @@ BOEFJES = {
             os.rename(pid_file + ".tmp", pid_file)
             os._exit(4)
     """,
+    # Writes its pid to arguments.pid_file, closes every inherited descriptor (the result pipe too:
+    # an EOF that does not mean the boefje ended), then hangs.
+    "fd_closer": """
+        import os
+        import time
+
+        def run(boefje_meta):
+            pid_file = boefje_meta["arguments"]["pid_file"]
+            with open(pid_file + ".tmp", "w") as out:
+                out.write(str(os.getpid()))
+            os.rename(pid_file + ".tmp", pid_file)
+            os.closerange(3, 1024)
+            time.sleep(60)
+    """,
     "returns_none": """
         def run(boefje_meta):
             return None
@@ -388,6 +402,44 @@ def test_task_timeout_when_closing_the_task_fails_too_says_so(api, plugin_dir, t
     line = error_line(result)
     assert "timed out" in line and "marking the task failed did not work either" in line and "500" in line
     assert_gone(*spawner_pids(pid_file))
+
+
+def test_a_boefje_that_closes_the_result_pipe_still_times_out(api, plugin_dir, tmp_path):
+    """EOF on the result pipe is not the boefje's end: the deadline still kills it, well before
+    its 60 s sleep ends (run_cli's bound fails the test otherwise)."""
+    pid_file = tmp_path / "pid"
+    task_id = running_task(api, "fd-closer", arguments={"pid_file": str(pid_file)})
+    result = run_cli(input_url(api, task_id), plugin_dir, "--task-timeout", "2", timeout=30)
+    assert result.returncode == ExitCode.TASK_TIMED_OUT == 8, result.stderr
+    assert f"Task {task_id} timed out after 2 s" in error_line(result)
+    assert api.status(task_id) == "failed"
+    assert "it ran longer than TASK_TIMEOUT (2 s)" in error_text(api, task_id)
+    assert_gone(int(pid_file.read_text()))
+
+
+def test_a_boefje_that_closes_the_result_pipe_is_stopped_by_sigterm(api, plugin_dir, tmp_path):
+    pid_file = tmp_path / "pid"
+    task_id = running_task(api, "fd-closer", arguments={"pid_file": str(pid_file)})
+    process = subprocess.Popen([*helpers.CLI, "--plugin-dir", str(plugin_dir), input_url(api, task_id)],
+                               env=helpers.cli_env(), stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_until(pid_file.exists, timeout=30, what="the boefje to write its pid")
+        boefje_pid = int(pid_file.read_text())
+        wait_until(lambda: not _has_fd(boefje_pid, 3), timeout=10, what="the boefje to close its descriptors")
+        os.kill(process.pid, signal.SIGTERM)
+        _, stderr = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == ExitCode.INTERRUPTED == 9, stderr
+    assert api.status(task_id) == "failed"
+    assert "the one-shot process received SIGTERM" in error_text(api, task_id)
+    assert_gone(boefje_pid)
+
+
+def _has_fd(pid: int, fd: int) -> bool:
+    return os.path.exists(f"/proc/{pid}/fd/{fd}")
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
