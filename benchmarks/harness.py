@@ -261,9 +261,12 @@ def pool_main(url: str, pool_size: int, *, info_log: bool = False, profile_dir: 
     registry = BoefjeRegistry()
     boefje = functools.partial(sleeping_boefje, boefje_seconds) if boefje_seconds else trivial_boefje
     registry.register(BOEFJE_ID, boefje, oci_image=OCI_IMAGE)
-    pool = WorkerPool(BoefjeAPIClient(url), TaskFilter(oci_images=[OCI_IMAGE]), registry=registry,
-                      settings=PoolSettings(pool_size=pool_size, burst=burst, prefetch=prefetch))
-    code = pool.run() if profile_dir is None else _profiled(pool, Path(profile_dir))
+
+    def build() -> Any:
+        return WorkerPool(BoefjeAPIClient(url), TaskFilter(oci_images=[OCI_IMAGE]), registry=registry,
+                          settings=PoolSettings(pool_size=pool_size, burst=burst, prefetch=prefetch))
+
+    code = build().run() if profile_dir is None else _profiled(build, Path(profile_dir))
     if split_path is not None:
         import resource
 
@@ -273,9 +276,10 @@ def pool_main(url: str, pool_size: int, *, info_log: bool = False, profile_dir: 
     return code
 
 
-def _profiled(pool: Any, folder: Path) -> int:
-    """Profile the supervisor's loop and, by wrapping the worker entry point the supervisor forks
-    (a module attribute it reads at each spawn), every worker; one ``.prof`` file per process.
+def _profiled(build: Callable[[], Any], folder: Path) -> int:
+    """Profile the supervisor's loop and, by wrapping the worker entry point (a module attribute the
+    pool reads when it is built: its fork server forks that), every worker; one ``.prof`` file per
+    process.
     The timer is CPU time: on a shared machine, wall time would blame whatever call was waiting
     when the scheduler ran someone else."""
     import cProfile
@@ -292,6 +296,7 @@ def _profiled(pool: Any, folder: Path) -> int:
             profiler.dump_stats(folder / f"worker-{os.getpid()}.prof")
 
     worker.worker_main = profiled_worker
+    pool = build()
     profiler = cProfile.Profile(time.process_time)
     try:
         return profiler.runcall(pool.run)
