@@ -12,7 +12,7 @@ to any host it names. The check runs before the boefje does, so a forged input c
 API headers are only ever sent to the input URL's origin and to ``BOEFJES_API``'s.
 
 The boefje runs in a forked child (:mod:`boefje_runtime.supervised`), so ``TASK_TIMEOUT``,
-SIGTERM and SIGINT end it for sure: its whole process tree is killed, a FAILED output naming the
+SIGTERM, SIGINT and SIGHUP end it for sure: its whole process tree is killed, a FAILED output naming the
 cause is posted, and the exit code says which (TASK_TIMED_OUT, INTERRUPTED). A signal that arrives
 after the boefje has finished does not throw its result away: the output is still delivered.
 

@@ -9,7 +9,7 @@ below it), and waits for one of:
 - the child's result (its :class:`~boefje_runtime.execution.ExecutionResult`, pickled over a pipe);
   the child kills whatever the boefje left behind before it sends it, as a pool worker does;
 - the child's exit without a result (``os._exit``, a segfault, an OOM kill): the task fails saying how;
-- ``TASK_TIMEOUT`` passing, or SIGTERM/SIGINT arriving: the child's whole tree is killed
+- ``TASK_TIMEOUT`` passing, or SIGTERM, SIGINT or SIGHUP arriving: the child's whole tree is killed
   (:func:`~boefje_runtime.process_tree.kill_tree`).
 
 The one-shot process is a subreaper too while the child runs, so the descendants of a child that
@@ -40,7 +40,9 @@ from . import process_tree
 from .execution import ExecutionResult, execute
 from .plugins import Boefje
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#: What a container runtime (SIGTERM), a terminal (SIGINT) or a closed terminal or supervisor (SIGHUP)
+#: sends to stop us; the pool drains on the same three.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 #: The child's exit code when it could not even send its result (a bug of ours or a pickling error).
 _CHILD_FAILED = 70
@@ -60,7 +62,7 @@ class Ending(enum.Enum):
     DIED = "died"
     #: TASK_TIMEOUT passed; the tree was killed.
     TIMED_OUT = "timed out"
-    #: SIGTERM or SIGINT arrived; the tree was killed.
+    #: SIGTERM, SIGINT or SIGHUP arrived; the tree was killed.
     INTERRUPTED = "interrupted"
 
 
@@ -78,7 +80,7 @@ class ChildRun:
 
 
 class StopSignals:
-    """Records SIGTERM/SIGINT while installed, and wakes :func:`run_in_child`'s wait.
+    """Records SIGTERM/SIGINT/SIGHUP while installed, and wakes :func:`run_in_child`'s wait.
 
     Installed only in the main thread (the only one Python delivers signals to); elsewhere it
     does nothing, and a library caller keeps its own handlers.

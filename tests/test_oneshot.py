@@ -442,7 +442,7 @@ def _has_fd(pid: int, fd: int) -> bool:
     return os.path.exists(f"/proc/{pid}/fd/{fd}")
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["SIGTERM", "SIGINT", "SIGHUP"])
 def test_a_stop_signal_kills_the_boefje_and_its_child_and_fails_the_task(api, plugin_dir, tmp_path, signum):
     pid_file = tmp_path / "pids"
     task_id = running_task(api, "spawner", arguments={"pid_file": str(pid_file)})
