@@ -49,12 +49,19 @@ from .exit_codes import ExitCode
 from .logs import log_context, secret_values
 from .models import BoefjeInput, BoefjeOutput, OutputStatus, Task
 from .plugins import Boefje, BoefjeRegistry
-from .supervised import ChildRun, Ending, StopSignals, run_in_child
+from .retry import RetryPolicy
+from .supervised import ChildRun, Ending, SecondSignal, StopSignals, run_in_child
 from .tracing import GET_INPUT, NO_TRACING, POST_OUTPUT, RUN, NoTracing, Tracing, environment_context, tracing_for
 
 logger = logging.getLogger("boefje_runtime.oneshot")
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+
+#: The closing POST after a timeout or a stop signal: a container runtime kills us 10 s after its
+#: SIGTERM (Docker's and Kubernetes' default grace), so tries stop after 4 s and each request times
+#: out after 2 s (connect and read): about 8 s at worst, instead of the normal policy's 60 s.
+CLOSE_AFTER_STOP = RetryPolicy(attempts=3, total_seconds=4.0, initial_wait=0.1, max_wait=1.0)
+CLOSE_AFTER_STOP_REQUEST_TIMEOUT = 2.0
 
 
 def origin(url: str) -> tuple[str, str, int]:
@@ -168,7 +175,7 @@ class _OneShot:
         self.task: Task | None = None
         self.output_url: str | None = None
         self.delivered = False
-        self._clients: dict[tuple[str, str, int], BoefjeAPIClient] = {}
+        self._clients: dict[tuple[tuple[str, str, int], bool], BoefjeAPIClient] = {}
         self._scope = ExitStack()  # the task's log context and secrets, until the run's last line
 
     def __enter__(self) -> _OneShot:
@@ -246,7 +253,7 @@ class _OneShot:
             why, code = f"the one-shot process received {child.detail}", ExitCode.INTERRUPTED
             line = f"Task {self.task.id} interrupted by {child.detail}; killed the boefje's processes"
         output = failure_output(ref.id, ref.version, f"boefje-runtime stopped this task: {why}")
-        closing = self._try_close(output)
+        closing = self._try_close(output, hurry=True)
         raise _Failure(code, line + closing, outcome="failed" if self.delivered else "undelivered",
                        duration_s=round(child.duration, 3))
 
@@ -303,9 +310,9 @@ class _OneShot:
             raise _Failure(ExitCode.BOEFJE_NOT_FOUND, line + closing,
                            outcome="failed" if self.delivered else "undelivered", duration_s=0.0) from None
 
-    def deliver(self, output: BoefjeOutput) -> None:
+    def deliver(self, output: BoefjeOutput, *, hurry: bool = False) -> None:
         assert self.output_url is not None
-        self.client(self.output_url).deliver_output(self.output_url, output)
+        self.client(self.output_url, hurry=hurry).deliver_output(self.output_url, output)
         self.delivered = True
 
     def end_trace(self, code: ExitCode) -> None:
@@ -317,12 +324,21 @@ class _OneShot:
 
     # -- closing a task that cannot run ---------------------------------------------------------
 
-    def _try_close(self, output: BoefjeOutput) -> str:
-        """Post a FAILED output so the task is not left running; returns what to add to the error line."""
+    def _try_close(self, output: BoefjeOutput, *, hurry: bool = False) -> str:
+        """Post a FAILED output so the task is not left running; returns what to add to the error line.
+
+        ``hurry`` (after a timeout or a stop signal): the short :data:`CLOSE_AFTER_STOP` policy,
+        and a second stop signal ends the attempt."""
         try:
-            self.deliver(output)
+            if hurry:
+                with self.signals.second_ends_wait():
+                    self.deliver(output, hurry=True)
+            else:
+                self.deliver(output)
         except APIError as exc:
             return f"; marking the task failed did not work either: {_reason(exc)}"
+        except SecondSignal:
+            return "; a second signal ended the attempt to mark the task failed"
         return "; the task was marked failed"
 
     def close_after_internal_error(self, line: str) -> str:
@@ -333,19 +349,22 @@ class _OneShot:
 
     # -- clients --------------------------------------------------------------------------------
 
-    def client(self, url: str) -> BoefjeAPIClient:
-        """A client for ``url``'s origin. API headers go to the input's and BOEFJES_API's origins only."""
+    def client(self, url: str, *, hurry: bool = False) -> BoefjeAPIClient:
+        """A client for ``url``'s origin. API headers go to the input's and BOEFJES_API's origins only.
+        ``hurry``: one with the short retry policy and request timeout of :data:`CLOSE_AFTER_STOP`."""
         key = origin(url)
-        client = self._clients.get(key)
+        client = self._clients.get((key, hurry))
         if client is None:
             trusted = {origin(self.input_url)}
             if self.config.boefjes_api:
                 trusted.add(origin(self.config.boefjes_api))
             scheme, host, port = key
-            client = self._clients[key] = BoefjeAPIClient(
+            timeout = self.config.outgoing_request_timeout
+            client = self._clients[(key, hurry)] = BoefjeAPIClient(
                 f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}",
-                timeout=self.config.outgoing_request_timeout,
+                timeout=min(timeout, CLOSE_AFTER_STOP_REQUEST_TIMEOUT) if hurry else timeout,
                 headers=self.config.api_headers if key in trusted else None,
+                retry=CLOSE_AFTER_STOP if hurry else None,
             )
             client.header_hook = self.tracing.header_hook
         return client

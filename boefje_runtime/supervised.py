@@ -79,6 +79,13 @@ class ChildRun:
     killed: int = 0
 
 
+class SecondSignal(BaseException):
+    """A second stop signal arrived while :meth:`StopSignals.second_ends_wait` was in force.
+
+    A BaseException, like KeyboardInterrupt: the HTTP client's and tenacity's handlers must let it
+    through, so it ends the request or the retry wait it interrupts."""
+
+
 class StopSignals:
     """Records SIGTERM/SIGINT/SIGHUP while installed, and wakes :func:`run_in_child`'s wait.
 
@@ -88,6 +95,9 @@ class StopSignals:
 
     def __init__(self) -> None:
         self.received: int | None = None
+        #: How many stop signals arrived.
+        self.count = 0
+        self._urgent = False
         self.wakeup_fd: int | None = None
         self._write_fd: int | None = None
         self._previous: dict[int, Any] = {}
@@ -98,8 +108,23 @@ class StopSignals:
         return signal.Signals(self.received).name if self.received else ""
 
     def _handle(self, signum: int, frame: Any) -> None:
+        self.count += 1
         if self.received is None:
             self.received = signum
+        elif self._urgent:
+            raise SecondSignal(signum)
+
+    @contextlib.contextmanager
+    def second_ends_wait(self) -> Iterator[None]:
+        """While in force, a second stop signal raises :class:`SecondSignal` (at once if one came
+        already): for the closing POST after a stop, which an operator may want to cut short."""
+        if self.count >= 2:
+            raise SecondSignal(self.received or 0)
+        self._urgent = True
+        try:
+            yield
+        finally:
+            self._urgent = False
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[StopSignals]:

@@ -438,6 +438,43 @@ def test_a_boefje_that_closes_the_result_pipe_is_stopped_by_sigterm(api, plugin_
     assert_gone(boefje_pid)
 
 
+def test_closing_after_a_timeout_is_short_whatever_the_api_asks(api, plugin_dir, tmp_path):
+    """The closing POST after a stop uses the short policy: a Retry-After of 30 s would keep the
+    normal one waiting about 60 s, past a container runtime's 10 s grace (run_cli's bound fails)."""
+    pid_file = tmp_path / "pids"
+    task_id = running_task(api, "spawner", arguments={"pid_file": str(pid_file)})
+    api.inject("output", status=503, headers={"Retry-After": "30"}, times=None)
+    result = run_cli(input_url(api, task_id), plugin_dir, "--task-timeout", "1", timeout=30)
+    assert result.returncode == ExitCode.TASK_TIMED_OUT, result.stderr
+    line = error_line(result)
+    assert "timed out" in line and "marking the task failed did not work either" in line and "503" in line
+    assert_gone(*spawner_pids(pid_file))
+
+
+def test_a_second_signal_ends_the_closing_post(api, plugin_dir, tmp_path):
+    pid_file = tmp_path / "pids"
+    task_id = running_task(api, "spawner", arguments={"pid_file": str(pid_file)})
+    api.inject("output", status=503, headers={"Retry-After": "3"}, times=None)
+    process = subprocess.Popen([*helpers.CLI, "--plugin-dir", str(plugin_dir), input_url(api, task_id)],
+                               env=helpers.cli_env(), stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        pids = spawner_pids(pid_file)
+        os.kill(process.pid, signal.SIGTERM)
+        wait_until(lambda: any(record.endpoint == "output" for record in api.request_log()), timeout=30,
+                   what="the closing POST")
+        os.kill(process.pid, signal.SIGTERM)  # during the Retry-After wait
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == ExitCode.INTERRUPTED, stderr
+    errors = [line for line in stderr.splitlines() if "[error]" in line]
+    assert len(errors) == 1 and "a second signal ended the attempt to mark the task failed" in errors[0], stderr
+    assert "Traceback" not in stderr
+    assert_gone(*pids)
+
+
 def _has_fd(pid: int, fd: int) -> bool:
     return os.path.exists(f"/proc/{pid}/fd/{fd}")
 
