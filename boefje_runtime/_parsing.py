@@ -30,9 +30,30 @@ def describe(value: Any) -> str:
     return type(value).__name__
 
 
+def is_secret_path(path: str) -> bool:
+    """True for a task's ``environment`` and anything under it: the organisation's credentials,
+    whose values no error message may show (they reach logs and the posted error file)."""
+    return "environment" in path.split(".")
+
+
+def shown(value: Any, path: str) -> str:
+    """:func:`describe`, or only the value's type under a secret path (``a number``, ``a string``)."""
+    if not is_secret_path(path):
+        return describe(value)
+    if isinstance(value, bool):
+        return "a boolean"
+    if value is None or isinstance(value, (Mapping, list)):
+        return describe(value)
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return type(value).__name__
+
+
 def expect_object(value: Any, path: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
-        raise ParseError(path, f"expected an object, got {describe(value)}")
+        raise ParseError(path, f"expected an object, got {shown(value, path)}")
     return value
 
 
@@ -53,7 +74,7 @@ def string(value: Any, path: str, *, optional: bool = False, non_empty: bool = F
         kind = "a non-empty string" if non_empty else "a string"
         if optional:
             kind += " or null"
-        raise ParseError(path, f"expected {kind}, got {describe(value)}")
+        raise ParseError(path, f"expected {kind}, got {shown(value, path)}")
     return value
 
 
@@ -98,7 +119,7 @@ def string_map(value: Any, path: str, *, optional: bool = True) -> dict[str, str
     obj = expect_object(value, path)
     for key, item in obj.items():
         if not isinstance(item, str):
-            raise ParseError(f"{path}.{key}", f"expected a string, got {describe(item)}")
+            raise ParseError(f"{path}.{key}", f"expected a string, got {shown(item, path)}")
     return dict(obj)
 
 

@@ -299,6 +299,20 @@ def test_input_that_is_not_a_task_is_malformed_and_names_the_field(api, plugin_d
     assert api.outputs(task_id) == []  # nothing posted on the word of an input we could not validate
 
 
+@pytest.mark.parametrize("value", [123456, 98765.4321, True, "not-a-map-s3cr3t"])
+def test_a_malformed_environment_never_shows_its_values(api, plugin_dir, value):
+    """A non-string secret (or an environment that is not an object) is named by type only."""
+    task_id = running_task(api, "hello")
+    task = api.task(task_id)
+    task["data"]["environment"] = value if isinstance(value, str) else {"PASSWORD": value}
+    api.inject("input", body=json.dumps({"task": task, "output_url": input_url(api, task_id)}))
+    result = run_cli(input_url(api, task_id), plugin_dir)
+    assert result.returncode == ExitCode.INPUT_MALFORMED
+    line = error_line(result)
+    assert "environment" in line and str(value) not in line and str(value).lower() not in line, line
+    assert str(value) not in result.stderr
+
+
 # -- the boefje -------------------------------------------------------------------------------
 
 
