@@ -27,6 +27,7 @@ from pathlib import Path
 from .config import RuntimeConfig, scrub_secret_env
 from .errors import ConfigError, PluginError
 from .exit_codes import ExitCode
+from .logs import register_secrets
 from .plugins import BoefjeRegistry, ImportMode
 from .pool.events import PoolEvents
 
@@ -50,6 +51,8 @@ def run_worker_mode(config: RuntimeConfig, *, registry: BoefjeRegistry | None = 
     """
     config.check_worker_mode()
     scrub_secret_env()
+    # For the life of the process (forked workers inherit it): the API header values (a token).
+    register_secrets(config.api_headers.values())
     logger.info("Starting runtime")
     logger.info(config.describe())
     logger.debug("Settings: %s", config.summary())

@@ -20,7 +20,7 @@ from click.core import ParameterSource
 
 from boefje_runtime.config import SETTINGS, Mode, RuntimeConfig, Setting, spelling_hint
 from boefje_runtime.errors import ConfigError
-from boefje_runtime.logs import configure_logging, register_secrets
+from boefje_runtime.logs import configure_logging
 
 PROG_NAME = "boefje-worker"
 
@@ -124,7 +124,8 @@ def _run(input_url: str | None, **values: Any) -> None:
         except ConfigError as exc:
             raise click.UsageError(str(exc)) from None
     configure_logging(config.log_level, config.logging_format)
-    register_secrets(config.api_headers.values())
+    # The API header values are masked by run_oneshot and run_worker_mode themselves (they are
+    # documented for embedding); nothing logged before them shows a header.
     _warn_about_flags_of_the_other_mode(Mode.ONE_SHOT if input_url is not None else Mode.WORKER)
     if input_url is not None:
         from boefje_runtime.oneshot import run_oneshot

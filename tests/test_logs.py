@@ -390,3 +390,19 @@ def test_a_timed_out_task_is_logged_with_its_fields_by_the_supervisor_too(tmp_pa
         fields = (line.get("task_id"), line.get("boefje_id"), line.get("organisation"))
         assert fields == (task_id, "hang", "org-t"), line
     assert any(line.get("outcome") == "failed" and isinstance(line.get("duration_s"), float) for line in about), about
+
+
+def test_run_worker_mode_masks_the_api_header_values_itself(tmp_path):
+    """Embedding run_worker_mode (no CLI) still masks the API header values, for the process."""
+    from boefje_runtime.config import RuntimeConfig
+    from boefje_runtime.exit_codes import ExitCode
+    from boefje_runtime.worker_mode import run_worker_mode
+
+    token = "Bearer hdr-s3cr3t-4471"
+    config = RuntimeConfig(boefjes_api="http://127.0.0.1:9", oci_image="test/x:latest", plugin_dir=str(tmp_path),
+                           api_headers={"Authorization": token})
+    try:
+        assert run_worker_mode(config) == ExitCode.USAGE  # an empty plugin folder: refused at start
+        assert mask_secrets(f"sent {token}") == "sent ***"
+    finally:
+        logs._secrets.clear()
