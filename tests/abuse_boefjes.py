@@ -126,6 +126,41 @@ def ignore_sigterm(meta: dict) -> list:
     return pool_boefjes.hold(meta)
 
 
+#: A scanner stand-in: on SIGTERM it appends "SIGTERM" to the marker file, then exits (``exit``) or
+#: carries on (``ignore``); otherwise it sleeps its lifetime.
+_SCANNER = """
+import signal, sys, time
+marker, on_term, lifetime = sys.argv[1], sys.argv[2], float(sys.argv[3])
+def on_sigterm(signum, frame):
+    with open(marker, "a") as out:
+        out.write("SIGTERM\\n")
+    if on_term == "exit":
+        sys.exit(0)
+signal.signal(signal.SIGTERM, on_sigterm)
+open(marker, "a").close()
+deadline = time.monotonic() + lifetime
+while time.monotonic() < deadline:
+    time.sleep(0.05)
+"""
+
+
+def run_scanner(meta: dict) -> list:
+    """Run a scanner child process (see ``_SCANNER``) and wait for it, as ``subprocess.run`` would;
+    the boefje ignores SIGTERM itself when ``ignore_sigterm`` is set. Records both pids."""
+    arguments = meta["arguments"]
+    if arguments.get("ignore_sigterm"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    marker = arguments["marker"]
+    scanner = subprocess.Popen([sys.executable, "-c", _SCANNER, marker, arguments.get("on_term", "ignore"),
+                                str(arguments.get("lifetime", 30))])
+    deadline = time.monotonic() + 10
+    while not os.path.exists(marker) and time.monotonic() < deadline:  # its handler is in place
+        time.sleep(0.01)
+    Path(arguments["pid_file"]).write_text(json.dumps({"worker": os.getpid(), "children": [scanner.pid]}))
+    code = scanner.wait(60)
+    return [({"text/plain"}, f"scanner ended with {code}".encode())]
+
+
 def big_output(meta: dict) -> list:
     """One file of ``mib`` MiB, or (``pieces``) a generator of that many 1 MiB files."""
     arguments = meta["arguments"]
@@ -167,6 +202,7 @@ def registry() -> BoefjeRegistry:
         "fork-and-leave": fork_and_leave,
         "ignore-sigterm": ignore_sigterm,
         "daemonize": daemonize,
+        "run-scanner": run_scanner,
         "big-output": big_output,
         "dump-environment": dump_environment,
         "leak-environment": leak_environment,

@@ -13,7 +13,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ import pytest
 from boefje_runtime.pool import WorkerPool
 
 from . import abuse_boefjes
-from .helpers import alive, error_text, hold_task, ready_workers, task, wait_until
+from .helpers import alive, error_text, ready_workers, task, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -172,44 +171,71 @@ def test_a_boefje_that_forks_children_and_exits_its_worker(boefje_api, make_pool
 
 
 # -- SIGTERM ----------------------------------------------------------------------------------------
+#
+# What a boefje experiences: at the drain's deadline its worker's process group gets SIGTERM (a
+# scanner it runs may stop cleanly and the boefje may still deliver), and TERM_BOUND seconds later
+# the whole tree gets SIGKILL. A task timeout is SIGKILL of the whole tree at once. Ignoring SIGTERM
+# buys nothing but those seconds.
 
 
-def test_a_boefje_ignoring_sigterm_is_ended_by_the_task_timeout(boefje_api, make_pool, tmp_path):
-    # Given a boefje that ignores SIGTERM and would run for 30 s
+def scanner_task(tmp_path: Path, on_term: str, **arguments) -> tuple[dict, Path, Path]:
+    pid_file, marker = tmp_path / f"scanner-{on_term}.json", tmp_path / f"scanner-{on_term}.marker"
+    scan = task("run-scanner", arguments={"pid_file": str(pid_file), "marker": str(marker), "on_term": on_term,
+                                         **arguments})
+    return scan, pid_file, marker
+
+
+def test_a_boefje_ignoring_sigterm_is_killed_with_its_scanner_at_the_task_timeout(boefje_api, make_pool, tmp_path):
+    # Given a boefje that ignores SIGTERM and runs a scanner that ignores it too, under a 1.5 s timeout
     pool = make_pool(task_timeout=1.5).start()
-    held, pid_file, _ = hold_task(tmp_path, "deaf", boefje_id="ignore-sigterm")
-    task_id = boefje_api.enqueue(held)
-    wait_until(pid_file.exists, what="the boefje to start")
-    pid = int(pid_file.read_text())
+    scan, pid_file, marker = scanner_task(tmp_path, "ignore", ignore_sigterm=True)
+    task_id = boefje_api.enqueue(scan)
+    wait_until(pid_file.exists, what="the scanner to start")
+    pids = json.loads(pid_file.read_text())
 
-    # When SIGTERM comes (as from a process-group kill), it is ignored
-    os.kill(pid, signal.SIGTERM)
-    assert alive(pid)
-
-    # Then the task timeout kills it anyway (SIGKILL cannot be ignored), and a fresh worker goes on
+    # When the timeout passes
     boefje_api.wait_for_status(task_id, "failed", timeout=15)
+
+    # Then both are gone at once (SIGKILL of the whole tree: nothing to ignore, no SIGTERM first)
     assert "timed out after 1.5 s" in error_text(boefje_api, task_id)
-    wait_until(lambda: not alive(pid), what="the deaf worker to be gone")
+    wait_until(lambda: not alive(pids["worker"]) and not alive(pids["children"][0]), what="both to be gone")
+    assert "SIGTERM" not in marker.read_text()
     then_the_next_task_runs_normally(boefje_api, pool)
 
 
-def test_a_boefje_ignoring_sigterm_does_not_hold_up_shutdown(boefje_api, make_pool, tmp_path):
-    # Given a boefje that ignores SIGTERM, running when the pool is asked to stop
-    pool = make_pool(shutdown_timeout=1.0).start()
-    held, pid_file, _ = hold_task(tmp_path, "stubborn", boefje_id="ignore-sigterm")
-    task_id = boefje_api.enqueue(held)
-    wait_until(pid_file.exists, what="the boefje to start")
+def test_at_the_drain_deadline_a_scanner_ignoring_sigterm_gets_sigterm_then_sigkill(boefje_api, make_pool,
+                                                                                     tmp_path):
+    # Given a boefje whose scanner ignores SIGTERM (and records that it got one), running at shutdown
+    pool = make_pool(shutdown_timeout=0.5).start()
+    scan, pid_file, marker = scanner_task(tmp_path, "ignore")
+    task_id = boefje_api.enqueue(scan)
+    wait_until(pid_file.exists, what="the scanner to start")
+    pids = json.loads(pid_file.read_text())
 
-    # When the pool stops
-    started = time.monotonic()
-    assert pool.stop(timeout=20) == 0
+    # When the pool stops and the grace period passes
+    assert pool.stop(timeout=30) == 0
 
-    # Then it stopped shortly after the grace period, and the task failed saying why
-    assert time.monotonic() - started < 10
-    assert pool.phase == "stopped"
-    assert boefje_api.status(task_id) == "failed"
+    # Then the scanner was asked to stop (SIGTERM), ignored it, and was killed anyway; the task says why
+    assert marker.read_text() == "SIGTERM\n"
+    assert not alive(pids["children"][0]) and not alive(pids["worker"])
     assert "shut down before this task finished" in error_text(boefje_api, task_id)
-    assert not alive(int(pid_file.read_text()))
+
+
+def test_at_the_drain_deadline_a_scanner_that_stops_on_sigterm_lets_its_boefje_deliver(boefje_api, make_pool,
+                                                                                       tmp_path):
+    # Given a boefje whose scanner stops cleanly on SIGTERM, running at shutdown
+    pool = make_pool(shutdown_timeout=0.5).start()
+    scan, pid_file, marker = scanner_task(tmp_path, "exit")
+    task_id = boefje_api.enqueue(scan)
+    wait_until(pid_file.exists, what="the scanner to start")
+
+    # When the pool stops and the grace period passes
+    assert pool.stop(timeout=30) == 0
+
+    # Then the scanner stopped on SIGTERM and the boefje delivered what it had: the task completed
+    assert marker.read_text() == "SIGTERM\n"
+    assert boefje_api.status(task_id) == "completed"
+    assert boefje_api.files(task_id)[0]["content"] == b"scanner ended with 0"
 
 
 # -- output size ------------------------------------------------------------------------------------

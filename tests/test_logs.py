@@ -346,14 +346,10 @@ def test_a_worker_logs_a_few_lines_per_task_and_nothing_while_idle(worker_run):
     assert len(other) - len(pops) <= 12, other
 
 
-@pytest.mark.xfail(strict=True, reason="idle pop pacing is the pool owner's change for issue 11 (the hot "
-                   "window); remove this mark when it lands")
 def test_an_idle_worker_pops_a_few_times_per_second_at_most(worker_run):
     assert worker_run.idle_pops <= 3 * worker_run.idle_seconds, worker_run.idle_pops
 
 
-@pytest.mark.xfail(strict=True, reason="the supervisor's and worker's task-ending lines get outcome and duration_s in "
-                   "the pool owner's change for issue 11; remove this mark when it lands")
 def test_every_task_has_a_line_that_ends_it_with_outcome_and_duration(worker_run):
     for task_id in worker_run.task_ids:
         endings = [line for line in worker_run.lines if line.get("task_id") == task_id and "outcome" in line]
@@ -362,8 +358,6 @@ def test_every_task_has_a_line_that_ends_it_with_outcome_and_duration(worker_run
         assert ending["outcome"] == "completed" and isinstance(ending.get("duration_s"), float), ending
 
 
-@pytest.mark.xfail(strict=True, reason="the supervisor's lines about a task (timeout, kill, failed) get the task's "
-                   "fields in the pool owner's change for issue 11; remove this mark when it lands")
 def test_a_timed_out_task_is_logged_with_its_fields_by_the_supervisor_too(tmp_path):
     from boefje_runtime.testing import BoefjeAPIServer, make_task
 

@@ -237,6 +237,7 @@ def test_a_malformed_task_with_an_id_is_marked_failed(boefje_api, make_pool, cap
 
     assert boefje_api.status(victim) == "failed"
     assert "pop[0].data: expected an object, got number 5" in caplog.text
+    assert "the task could not be read: pop[0].data" in error_text(boefje_api, victim)
 
 
 def test_stop_drains_running_tasks_within_the_grace_period(boefje_api, make_pool, tmp_path):
@@ -277,3 +278,114 @@ def test_an_undeliverable_output_fails_the_task_with_an_error_file_saying_why(bo
     assert "error/boefje" in error["tags"]
     assert b"output could not be delivered" in error["content"]
     assert b"500" in error["content"]
+
+
+# -- edges of the lifecycle ---------------------------------------------------------------------------
+
+
+HANGING_IMPORT = "import time\ntime.sleep(60)\n\ndef run(boefje_meta):\n    return []\n"
+
+
+def test_a_worker_stuck_in_its_import_is_killed_at_the_startup_timeout(make_pool, tmp_path, caplog):
+    # Given a boefje whose import hangs, and a 1 s start-up timeout
+    write_plugin(tmp_path / "plugins" / "hanger", HANGING_IMPORT, id="hanger", oci_image=IMAGE)
+    pool = make_pool(registry=BoefjeRegistry.discover(tmp_path / "plugins"), pool_size=1, startup_timeout=1.0)
+    pool.start()
+
+    # When it never says ready
+    wait_until(lambda: pool.stats.worker_exits["killed"] >= 1, timeout=10, what="the stuck worker to be killed")
+
+    # Then it was killed as a start-up failure (the guard paces the next start), and the pool stops in time
+    assert "did not become ready within 1 s" in caplog.text
+    started = time.monotonic()
+    assert pool.stop(timeout=20) == 0
+    assert time.monotonic() - started < 10
+
+
+def test_shutdown_does_not_wait_for_a_start_up_that_never_ends(make_pool, tmp_path):
+    write_plugin(tmp_path / "plugins" / "hanger", HANGING_IMPORT, id="hanger", oci_image=IMAGE)
+    pool = make_pool(registry=BoefjeRegistry.discover(tmp_path / "plugins"), pool_size=2, shutdown_timeout=1.0)
+    pool.start()
+    wait_until(lambda: len(pool.workers) == 2, what="two workers starting")
+
+    started = time.monotonic()
+    assert pool.stop(timeout=20) == 0
+
+    assert time.monotonic() - started < 1.0 + 8, "grace period plus a fixed bound"
+    assert not pool.workers
+
+
+def test_stop_reports_a_loop_that_does_not_end(make_pool):
+    import threading
+
+    from boefje_runtime.pool import PoolEvents
+
+    release = threading.Event()
+
+    class Stuck(PoolEvents):
+        def loop_turned(self, now: float) -> None:
+            if stuck.is_set():
+                release.wait(30)
+
+    stuck = threading.Event()
+    pool = make_pool(pool_size=1)
+    pool.listeners.append(Stuck())
+    pool.start()
+    wait_until(lambda: ready_workers(pool) == 1, what="a ready worker")
+    stuck.set()
+
+    with pytest.raises(TimeoutError, match=r"did not stop within 0\.5 s"):
+        pool.stop(timeout=0.5)
+    release.set()
+    stuck.clear()
+    assert pool.stop(timeout=20) == 0
+
+
+def test_a_listener_that_raises_does_not_stop_the_pool(boefje_api, make_pool, caplog):
+    from boefje_runtime.pool import PoolEvents
+
+    class Broken(PoolEvents):
+        def task_finished(self, boefje_id: str, outcome: str, duration: float) -> None:
+            raise RuntimeError("the exporter is broken")
+
+    pool = make_pool(pool_size=1)
+    pool.listeners.append(Broken())
+    pool.start()
+    ids = boefje_api.enqueue([task() for _ in range(2)])
+
+    boefje_api.wait_for_status(ids, "completed")
+    assert "the exporter is broken" in caplog.text
+    assert pool.phase == "running"
+
+
+def test_a_worker_that_reports_another_task_is_replaced_and_its_task_failed(boefje_api, make_pool):
+    # Given a boefje that makes its worker report some other task as done, then goes on running
+    registry = pool_boefjes.registry()
+
+    def lie(meta: dict) -> list:
+        import gc
+        import stat
+        from multiprocessing.connection import Connection
+
+        from boefje_runtime.pool.exits import TaskExit
+        from boefje_runtime.pool.worker import Report
+
+        # its own pipe: the other Connection objects it inherited point at /dev/null (parked sockets)
+        [conn] = [obj for obj in gc.get_objects() if isinstance(obj, Connection) and not obj.closed
+                  and stat.S_ISSOCK(os.fstat(obj.fileno()).st_mode)]
+        conn.send(("done", "not-the-task-it-was-given", Report(TaskExit.COMPLETED), 0.0, None))
+        time.sleep(30)
+        return []
+
+    registry.register("liar", lie, oci_image=IMAGE)
+    pool = make_pool(registry=registry, pool_size=1).start()
+    task_id = boefje_api.enqueue(task("liar"))
+
+    # When the supervisor reads that
+    boefje_api.wait_for_status(task_id, "failed", timeout=15)
+
+    # Then the task it really held is failed saying why, and a fresh worker runs the next task
+    assert "broke the supervisor's protocol" in error_text(boefje_api, task_id)
+    follow_up = boefje_api.enqueue(task())
+    boefje_api.wait_for_status(follow_up, "completed", timeout=15)
+    assert pool.stats.worker_exits["broken"] == 1

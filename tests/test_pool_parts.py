@@ -3,6 +3,7 @@ driven one step at a time with an injected clock."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import time
@@ -133,8 +134,8 @@ def test_a_handle_needs_a_pid_so_no_kill_can_reach_pid_0():
 
 def test_the_docs_table_of_task_exits_is_the_codes():
     text = (Path(__file__).resolve().parent.parent / "docs" / "task-exits.md").read_text()
-    rows = re.findall(r"^\| `(\w+)` \|[^|]*\| (\w+) \|", text, flags=re.MULTILINE)
-    assert rows == [(how.outcome, how.action.value) for how in TaskExit]
+    rows = re.findall(r"^\| `(\w+)` \| (\w+) \|[^|]*\| (\w+) \|", text, flags=re.MULTILINE)
+    assert rows == [(how.outcome, how.result, how.action.value) for how in TaskExit]
 
 
 def test_a_malformed_popped_task_gets_a_ticket_only_with_an_id():
@@ -340,3 +341,42 @@ def test_the_task_timeout_does_not_count_the_delivery(boefje_api, pool_of):
 
     # Then the boefje's output landed: the delivery was not killed as a timeout
     assert boefje_api.files(task_id)[0]["content"] == b"hi x"
+
+
+def test_a_worker_parks_inherited_sockets_so_no_old_object_can_close_a_new_file():
+    import socket
+
+    from boefje_runtime.pool.worker import close_inherited_sockets
+
+    # Given a supervisor holding a listening socket and another live socket object
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    other = socket.socket()
+    report_r, report_w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the "worker"
+        try:
+            close_inherited_sockets(keep=-1)
+            fresh = socket.socket()  # the worker's own new socket
+            reused = fresh.fileno() in (listener.fileno(), other.fileno())
+            other.close()  # an old object closed later (the garbage collector): must not touch `fresh`
+            fresh.bind(("127.0.0.1", 0))
+            os.write(report_w, b"reused" if reused else b"ok")
+            os.read(go_r, 1)
+        except BaseException as exc:
+            os.write(report_w, repr(exc).encode())
+        finally:
+            os._exit(0)
+    try:
+        # When the worker let go of them: its new socket got a number of its own and still works
+        assert os.read(report_r, 200) == b"ok"
+        # Then the listening port is free once its owner closes it, though the worker still lives
+        listener.close()
+        socket.create_server(("127.0.0.1", port)).close()
+    finally:
+        os.write(go_w, b"x")
+        os.waitpid(pid, 0)
+        other.close()
+        for fd in (report_r, report_w, go_r, go_w):
+            os.close(fd)

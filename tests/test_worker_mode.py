@@ -14,7 +14,7 @@ import pytest
 
 from boefje_runtime.testing import make_task
 
-from .helpers import CLI, alive, cli_env, wait_until, write_plugin
+from .helpers import CLI, alive, cli_env, run_cli, wait_until, write_plugin
 
 IMAGE = "ghcr.io/example/worker-mode-test:latest"
 #: Waits for what a CLI subprocess does (it starts slower than an in-process pool).
@@ -218,3 +218,44 @@ def test_no_worker_survives_a_sigkilled_supervisor(boefje_api, plugin_dir, tmp_p
 
     for pid in pids:
         wait_until(lambda pid=pid: not alive(pid), timeout=10, what=f"worker {pid} to die with its supervisor")
+
+
+def test_sighup_drains_like_sigterm(boefje_api, plugin_dir, tmp_path, workers):
+    running, pid_file, release = hold_task(tmp_path, "hung-up")
+    running_id = boefje_api.enqueue(running)
+    worker = Worker(boefje_api.url, plugin_dir, POOL_SIZE="1")
+    workers.append(worker)
+    wait_until(pid_file.exists, WAIT, what="the task to start")
+
+    worker.process.send_signal(signal.SIGHUP)
+    worker.wait_for_line(r"Shutting down")
+    release.touch()
+
+    assert worker.wait() == 0
+    assert boefje_api.status(running_id) == "completed"
+
+
+def test_a_pool_size_over_the_maximum_exits_2_with_one_line(boefje_api, plugin_dir):
+    result = run_cli(env={"BOEFJES_API": boefje_api.url, "OCI_IMAGE": IMAGE, "PLUGIN_DIR": str(plugin_dir),
+                          "POOL_SIZE": "100000"}, cwd=plugin_dir, timeout=30)
+
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if "Error" in line]  # click adds its usage lines
+    assert len(errors) == 1 and "POOL_SIZE" in errors[0] and "at most 256" in errors[0], result.stderr
+    assert boefje_api.request_counts().get("pop", 0) == 0
+
+
+def test_sigint_during_start_up_stops_the_pool(boefje_api, plugin_dir, workers):
+    # Given a big pool that is still forking its workers
+    worker = Worker(boefje_api.url, plugin_dir, POOL_SIZE="200", SHUTDOWN_TIMEOUT="5")
+    workers.append(worker)
+    worker.wait_for_line(r"Created worker pool")
+
+    # When SIGINT comes while it forks
+    worker.process.send_signal(signal.SIGINT)
+
+    # Then the pool stops: spawning ends at once and the drain is bounded
+    assert worker.wait(timeout=60) == 0
+    worker.wait_for_line(r"Worker pool stopped")
+    started = sum(1 for line in worker.lines if "Started listening" in line)
+    assert started < 200, "it did not go on forking all 200 workers"

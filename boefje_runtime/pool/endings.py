@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+from ..logs import log_context
 from .exits import TaskExit, Ticket
 from .finalizer import Finalizer
 from .process import Assignment, WorkerHandle
@@ -22,7 +23,9 @@ def kill(worker: WorkerHandle, now: float, why: str, finalizer: Finalizer, how: 
     """SIGKILL ``worker``'s whole process tree; its task (if any) leaves the pool ``how``."""
     assignment, worker.assignment = worker.assignment, None
     pids = worker.kill(now, why)
-    logger.warning("Killed worker pid=%d and %d processes it started: %s", worker.pid, max(len(pids) - 1, 0), why)
+    with log_context(**(Ticket.of(assignment.task).log_fields() if assignment else {})):
+        logger.warning("Killed worker pid=%d and %d processes it started: %s", worker.pid, max(len(pids) - 1, 0),
+                       why)
     if assignment is not None:
         settle_assignment(finalizer, assignment, how, now, reason=reason or why)
 
@@ -33,7 +36,8 @@ def lost(worker: WorkerHandle, now: float, how_it_ended: str, finalizer: Finaliz
     if assignment is None:
         return
     reason = TaskExit.WORKER_LOST.reason(how=f"(pid {worker.pid}) {how_it_ended}")
-    logger.error("Worker pid=%d %s while running task %s", worker.pid, how_it_ended, assignment.task.id)
+    with log_context(**Ticket.of(assignment.task).log_fields()):
+        logger.error("Worker pid=%d %s while running the task", worker.pid, how_it_ended)
     settle_assignment(finalizer, assignment, TaskExit.WORKER_LOST, now, reason=reason)
 
 

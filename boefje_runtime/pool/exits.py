@@ -38,9 +38,10 @@ class Action(enum.Enum):
 
 
 class TaskExit(enum.Enum):
-    """How a task left the pool: ``(outcome, action, what the error file or log line says)``.
+    """How a task left the pool: ``(exit, action, what the error file or log line says)``.
 
-    ``outcome`` is the label in logs (``extra={"outcome": ...}``) and metrics.
+    ``outcome`` (the exit's name) is the ``exit`` field of the line that ends the task and the
+    ``outcome`` label of the metrics; :attr:`result` is that line's ``outcome`` field.
     """
 
     #: The worker delivered the boefje's COMPLETED output; the API closed the task.
@@ -78,6 +79,18 @@ class TaskExit(enum.Enum):
         self.outcome = outcome
         self.action = action
         self.text = text
+
+    @property
+    def result(self) -> str:
+        """Where the task ends up, as the line that ends it says it (``extra={"outcome": ...}``, the
+        words one-shot mode uses too): completed, failed, queued or gone. ``outcome`` is the detail."""
+        if self in (TaskExit.COMPLETED, TaskExit.DUPLICATE_DELIVERED):
+            return "completed"
+        if self in (TaskExit.PUSHED_BACK, TaskExit.DUPLICATE_REQUEUED):
+            return "queued"
+        if self is TaskExit.GONE:
+            return "gone"
+        return "failed"
 
     def reason(self, **details: Any) -> str:
         """The exit's text with its details filled in (the error file's content for CLOSE)."""

@@ -120,24 +120,23 @@ class Finalizer:
         status_code: int | None = None,
         recheck: bool = False,
         acted: bool = False,
-        notify: bool = True,
+        logged: bool = False,
     ) -> None:
-        """``ticket``'s task left the pool ``how``: log the line that ends it, and queue what its
-        exit needs on the API (nothing when ``acted``: the worker did it already). ``recheck``:
-        the worker's running PATCH may land late; look again later."""
+        """``ticket``'s task left the pool ``how``: log the line that ends it (unless the worker did:
+        ``logged``), and queue what its exit needs on the API (nothing when ``acted``: the worker did
+        it already). ``recheck``: the worker's running PATCH may land late; look again later."""
         reason = reason or how.text
-        extra = {"outcome": how.outcome, "duration_s": round(duration, 3) if duration is not None else None}
-        if status_code is not None:
-            extra["status_code"] = status_code
-        with log_context(**ticket.log_fields()):
-            if how.action is Action.CLOSE:
-                logger.error("Task failed: %s", reason, extra=extra)
-            elif how in (TaskExit.COMPLETED, TaskExit.DUPLICATE_DELIVERED):
-                logger.info("Task %s", how.reason(), extra=extra)
-            else:
-                logger.info("Task %s: %s", how.outcome.replace("_", " "), reason, extra=extra)
-        if notify:
-            emit(self.listeners, "task_finished", ticket.boefje_id, how.outcome, duration or 0.0)
+        if not logged:
+            extra: dict = {"outcome": how.result, "exit": how.outcome,
+                           "duration_s": round(duration, 3) if duration is not None else None}
+            if status_code is not None:
+                extra["status_code"] = status_code
+            with log_context(**ticket.log_fields()):
+                if how.action is Action.CLOSE:
+                    logger.error("Task failed: %s", reason, extra=extra)
+                else:
+                    logger.info("Task %s: %s", how.outcome.replace("_", " "), reason, extra=extra)
+        emit(self.listeners, "task_finished", ticket.boefje_id, how.outcome, duration or 0.0)
         if acted:
             return
         if how.action is Action.CLOSE:

@@ -12,6 +12,7 @@ state is noticed by the same check, and the loop knows when it next needs to loo
                          ^  \\                \\______________\\_____done____/  |
                          |   stop -> STOPPING                               done
                          +-----------------------------------------------------+--> RETIRING
+    ASSIGNED, BUSY, DELIVERING --drain deadline: SIGTERM to its group--> TERMINATING --done--> IDLE
     any state but KILLED --kill (timeout, drain, broken worker, pool exit)--> KILLED
 
 A worker that exits is removed from the pool whatever its state (the reaper says what that means
@@ -40,6 +41,9 @@ class WorkerState(enum.Enum):
     STOPPING = "stopping"
     #: Leaving on its own after its last task (max tasks or memory per child). Deadline: the leave bound.
     RETIRING = "retiring"
+    #: Still holding a task at the drain's deadline: its process group got SIGTERM (a scanner may
+    #: stop cleanly, and the boefje may still deliver). Deadline: ``TERM_BOUND``, then SIGKILL.
+    TERMINATING = "terminating"
     #: The supervisor killed its process tree; waiting to reap it. Deadline: the reap bound.
     KILLED = "killed"
 
@@ -50,9 +54,11 @@ S = WorkerState
 TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {
     S.STARTING: frozenset({S.IDLE, S.STOPPING, S.KILLED}),
     S.IDLE: frozenset({S.ASSIGNED, S.STOPPING, S.KILLED}),
-    S.ASSIGNED: frozenset({S.BUSY, S.IDLE, S.RETIRING, S.KILLED}),  # done without running: start refused
-    S.BUSY: frozenset({S.DELIVERING, S.IDLE, S.RETIRING, S.KILLED}),
-    S.DELIVERING: frozenset({S.IDLE, S.RETIRING, S.KILLED}),
+    # ASSIGNED -> IDLE: done without running (the start was refused)
+    S.ASSIGNED: frozenset({S.BUSY, S.IDLE, S.RETIRING, S.TERMINATING, S.KILLED}),
+    S.BUSY: frozenset({S.DELIVERING, S.IDLE, S.RETIRING, S.TERMINATING, S.KILLED}),
+    S.DELIVERING: frozenset({S.IDLE, S.RETIRING, S.TERMINATING, S.KILLED}),
+    S.TERMINATING: frozenset({S.IDLE, S.RETIRING, S.KILLED}),  # it may still finish and report
     S.STOPPING: frozenset({S.KILLED}),
     S.RETIRING: frozenset({S.KILLED}),
     S.KILLED: frozenset(),
@@ -61,7 +67,7 @@ TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {
 #: May be handed a task now.
 TAKES_TASK = frozenset({S.IDLE})
 #: Holds a task the pool must close if the worker goes away.
-HOLDS_TASK = frozenset({S.ASSIGNED, S.BUSY, S.DELIVERING})
+HOLDS_TASK = frozenset({S.ASSIGNED, S.BUSY, S.DELIVERING, S.TERMINATING})
 #: Will be free within one delivery: pop-ahead pops for these too.
 FREE_SOON = frozenset({S.DELIVERING})
 #: Counts towards ``pool_size`` (a leaving or killed worker is replaced at once).
@@ -82,6 +88,8 @@ LEAVE_BOUND = 10.0
 #: How long after its kill a worker's exit status may take to come; then the handle is dropped (a
 #: process stuck in the kernel must not hold the drain up forever).
 REAP_BOUND = 5.0
+#: How long a worker's process group has between SIGTERM (at the drain's deadline) and SIGKILL.
+TERM_BOUND = 2.0
 #: Added to a computed API bound: the worker's own bookkeeping between calls.
 MARGIN = 5.0
 
@@ -96,6 +104,7 @@ class Bounds:
     call: float
     leave: float = LEAVE_BOUND
     reap: float = REAP_BOUND
+    term: float = TERM_BOUND
 
     def deadline(self, state: WorkerState, now: float, *, calls: int = 1) -> float | None:
         """When a worker entering ``state`` at ``now`` is overdue; ``calls`` is how many API calls
@@ -112,6 +121,8 @@ class Bounds:
             return now + self.leave
         if state is S.KILLED:
             return now + self.reap
+        if state is S.TERMINATING:
+            return now + self.term
         return None
 
 

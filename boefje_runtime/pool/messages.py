@@ -56,6 +56,8 @@ class Mailbox:
         kind = message[0] if isinstance(message, tuple) and message else None
         if kind == "ready":
             self._ready(worker, now, draining)
+        elif kind in ("running", "ran") and worker.state is S.TERMINATING:
+            pass  # it goes on with its task until it stops or is killed; its deadline stays
         elif kind == "running" and self._about_own_task(worker, message, S.ASSIGNED, now):
             worker.move(S.BUSY, now)
         elif kind == "ran" and self._about_own_task(worker, message, S.BUSY, now):
@@ -87,7 +89,7 @@ class Mailbox:
 
     def _done(self, worker: WorkerHandle, message: tuple, now: float, draining: bool) -> None:
         _, task_id, report, duration, retiring = message
-        if worker.state not in (S.ASSIGNED, S.BUSY, S.DELIVERING) or not isinstance(report, Report) or (
+        if not worker.holds_task or not isinstance(report, Report) or (
             worker.assignment is None or worker.assignment.task.id != task_id
         ):
             held = worker.assignment.task.id if worker.assignment else "none"
@@ -109,10 +111,12 @@ class Mailbox:
         how = report.exit
         details = {"error": report.error or "unknown error"}
         self.finalizer.settle(Ticket.of(assignment.task), how, now, reason=how.reason(**details), duration=duration,
-                              status_code=report.status_code, recheck=report.recheck)
+                              status_code=report.status_code, recheck=report.recheck,
+                              logged=how in (TaskExit.COMPLETED, TaskExit.FAILED))  # the worker said so
         for duplicate in assignment.duplicates:
             exit_, acted, recheck = report.duplicates.get(duplicate.id, (TaskExit.DUPLICATE_REQUEUED, False, False))
-            self.finalizer.settle(Ticket.of(duplicate), exit_, now, duration=duration, recheck=recheck, acted=acted)
+            self.finalizer.settle(Ticket.of(duplicate), exit_, now, duration=duration, recheck=recheck, acted=acted,
+                                  logged=acted and exit_ is not TaskExit.GONE)
 
     def _broken(self, worker: WorkerHandle, now: float, what: str) -> None:
         """A worker that breaks the protocol is replaced; the task it held fails as a lost worker's."""

@@ -138,6 +138,15 @@ class WorkerHandle:
         self.why = why
         return process_tree.kill_tree(self._pid)
 
+    def terminate(self, now: float, why: str) -> None:
+        """SIGTERM the worker's process group (the boefje's scanners in it may stop cleanly; the
+        worker itself only notes that it should leave after its task). TERMINATING: the reaper or
+        the time limits SIGKILL the tree after the TERM bound."""
+        self.move(WorkerState.TERMINATING, now)
+        self.why = why
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._pid, signal.SIGTERM)
+
     def kill_leftovers(self) -> list[int]:
         """After the worker ended on its own: end what is left of its process group (members that
         did not leave it; the exited worker's pid still names the group until it is reaped)."""

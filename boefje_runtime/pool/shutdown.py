@@ -11,15 +11,18 @@ The order (as dramatiq's ``Worker.stop``: stop taking work, give back what is he
 3. tell every worker without a task to stop (one that becomes free later is told as it reports);
 4. wait for running tasks until the grace deadline (``shutdown_timeout``; a second signal, or an
    immediate request, moves the deadline to now);
-5. at the deadline, kill the whole process tree of every worker still there, whatever its state
-   (a running task is SHUT_DOWN; an idle worker blocked on a full stderr pipe or a start-up stuck in
-   an import goes too): nothing waits on a process that does not answer;
+5. at the deadline, a worker still running a task gets SIGTERM on its process group (its boefje's
+   scanners may stop cleanly, and a boefje that then returns still delivers) and SIGKILL on its whole
+   tree ``lifecycle.TERM_BOUND`` seconds later (SHUT_DOWN). After a second signal or an immediate
+   request there is no SIGTERM step: SIGKILL at once. Every other worker still there is killed at
+   the deadline whatever its state (an idle worker blocked on a full stderr pipe, a start-up stuck
+   in an import): nothing waits on a process that does not answer;
 6. once no worker is left (a killed one that is not reaped within ``lifecycle.REAP_BOUND`` is given
    up on), keep closing tasks on the API for up to ``FINALIZE_GRACE`` more;
 7. stopped, with an exit code that says whether a task was left open.
 
-So a drain ends within ``shutdown_timeout + max(REAP_BOUND, FINALIZE_GRACE)`` plus one API call's
-timeout and the finalizer's step budget, in every case.
+So a drain ends within ``shutdown_timeout + TERM_BOUND + max(REAP_BOUND, FINALIZE_GRACE)`` plus one
+API call's timeout and the finalizer's step budget, in every case.
 
 Steps 1-2 are :meth:`Shutdown.begin`; 3-7 are :meth:`Shutdown.drain`, one loop step at a time.
 """
@@ -59,6 +62,8 @@ class Shutdown:
         self.began = 0.0
         self.deadline = 0.0
         self._second_signal: float | None = None
+        #: A second signal or an immediate request: running tasks are killed at once, no SIGTERM first.
+        self._hurried = False
         self._requested = 0  # by request(): 1 graceful, 2 immediate
         self._seen = 0  # signals plus requests the loop has answered
 
@@ -86,13 +91,14 @@ class Shutdown:
             logger.warning("Second shutdown signal after %.1f s of the %g s grace period: stopping running tasks now",
                            now - self.began, self.deadline - self.began)
             self._second_signal = now
+            self._hurried = True
             self.deadline = now
 
     def begin(self, now: float, why: str, *, immediate: bool, workers: list[WorkerHandle],
               held: deque[list[Task]], listeners: Iterable[PoolEvents]) -> None:
         """Steps 1-2: the caller has stopped popping; push back what no worker started."""
         grace = 0.0 if immediate else self.settings.shutdown_timeout
-        self.began, self.deadline = now, now + grace
+        self.began, self.deadline, self._hurried = now, now + grace, immediate
         running = sum(1 for worker in workers if worker.holds_task)
         logger.info("Shutting down after %s: waiting up to %g s for %d running tasks", why, grace, running)
         emit(listeners, "draining")
@@ -106,8 +112,12 @@ class Shutdown:
         for worker in list(workers):
             if worker.state in (WorkerState.STARTING, WorkerState.IDLE):
                 stop(worker, now)
-            if now >= self.deadline and worker.state is not WorkerState.KILLED:
-                why = self._why_killed(now)
+            if now < self.deadline or worker.state in (WorkerState.KILLED, WorkerState.TERMINATING):
+                continue
+            why = self._why_killed(now)
+            if worker.holds_task and not self._hurried:
+                worker.terminate(now, why)  # SIGTERM first; the time limits SIGKILL it TERM_BOUND later
+            else:
                 endings.kill(worker, now, why, self.finalizer, TaskExit.SHUT_DOWN,
                              reason=TaskExit.SHUT_DOWN.reason(why=why))
         if workers:

@@ -8,6 +8,7 @@ that means depends on the state only:
 - ASSIGNED, DELIVERING: stuck on the API past the client's own retry bound: killed, task STUCK;
 - BUSY: the boefje ran past ``task_timeout``: killed, task TIMED_OUT (the delivery does not count);
 - STOPPING, RETIRING: did not leave when told or when it said it would: killed;
+- TERMINATING: still there ``TERM_BOUND`` after the drain's SIGTERM: killed, task SHUT_DOWN;
 - KILLED: not reaped within the reap bound: the reaper gives up on it (reaper.py).
 """
 
@@ -30,7 +31,7 @@ def enforce(workers: Iterable[WorkerHandle], now: float, finalizer: Finalizer, s
     for worker in list(workers):
         if worker.state is S.KILLED or not worker.overdue(now):
             continue
-        waited = now - worker.since
+        waited = round((worker.deadline or now) - worker.since, 3)  # the state's bound, as configured
         if worker.state is S.BUSY:
             why = TaskExit.TIMED_OUT.reason(timeout=worker.bounds.task_timeout or waited)
             endings.kill(worker, now, why, finalizer, TaskExit.TIMED_OUT)
@@ -38,6 +39,9 @@ def enforce(workers: Iterable[WorkerHandle], now: float, finalizer: Finalizer, s
             doing = "starting its task" if worker.state is S.ASSIGNED else "delivering its output"
             why = TaskExit.STUCK.reason(doing=doing, bound=waited)
             endings.kill(worker, now, why, finalizer, TaskExit.STUCK)
+        elif worker.state is S.TERMINATING:
+            why = f"{worker.why}; it did not stop within {waited:g} s of SIGTERM"
+            endings.kill(worker, now, why, finalizer, TaskExit.SHUT_DOWN, reason=TaskExit.SHUT_DOWN.reason(why=why))
         elif worker.state is S.STARTING:
             startup.died_starting(now)
             endings.kill(worker, now, f"it did not become ready within {waited:g} s (a boefje import that hangs?)",

@@ -24,7 +24,7 @@ from ..client import BoefjeAPIClient
 from ..errors import APIError, APIStatusError, BoefjeNotFound, PluginError
 from ..execution import execute, failure_output
 from ..logs import bind, log_context, secret_values
-from ..models import OutputStatus, Task, TaskStatus
+from ..models import BoefjeOutput, OutputStatus, Task, TaskStatus
 from ..plugins import BoefjeRegistry
 from ..process_tree import become_subreaper, kill_children, own_process_group
 from ..tracing import NO_TRACING, PATCH_RUNNING, POST_OUTPUT, RUN, SETTLE_DUPLICATE, TASK_ID, NoTracing, Tracing
@@ -207,15 +207,23 @@ def run_assignment(
             return Report(_start_exit(exc), str(exc), exc.status_code, duplicates=_unsettled(duplicates))
         conn.send(("running", task.id))  # the boefje runs from here: the task timeout counts from now
         with trace.phase(RUN):
-            output, why = _run_boefje(spec, raw_task["data"], meta.boefje.id, meta.boefje.version,
-                                      meta.boefje.oci_image)
-            trace.ran(output, why)
+            output, duration, failure = _run_boefje(spec, raw_task["data"], meta.boefje.id, meta.boefje.version,
+                                                    meta.boefje.oci_image)
+            trace.ran(output, failure)
         conn.send(("ran", task.id))  # only delivery is left: the supervisor may pop our next task now
         with trace.phase(POST_OUTPUT):
             how, error, status_code = _deliver(client, task.id, output)
-        if how not in (TaskExit.COMPLETED, TaskExit.FAILED):
+        # The boefje's result, said after the delivery so that, when the output landed, this is the
+        # line that ends the task (the supervisor logs every other task's end).
+        ended = how in (TaskExit.COMPLETED, TaskExit.FAILED)
+        extra = {"outcome": how.result, "exit": how.outcome, "duration_s": round(duration, 3)} if ended else {}
+        if failure:
+            logger.warning("Boefje failed in %.3f s: %s", duration, failure, extra=extra)
+        else:
+            logger.info("Boefje completed in %.3f s with %d files", duration, len(output.files or ()), extra=extra)
+        if not ended:
             return Report(how, error, status_code, recheck, _unsettled(duplicates))
-        return Report(how, None, None, recheck, _settle_duplicates(client, duplicates, output, trace))
+        return Report(how, None, None, recheck, _settle_duplicates(client, duplicates, output, duration, trace))
 
 
 def _start_exit(exc: APIError) -> TaskExit:
@@ -232,19 +240,17 @@ def _unsettled(duplicates: list[Task]) -> dict[str, _DuplicateExit]:
     return {duplicate.id: (TaskExit.DUPLICATE_REQUEUED, False, False) for duplicate in duplicates}
 
 
-def _run_boefje(spec: WorkerSpec, data: dict, boefje_id: str, version: str | None, oci_image: str | None):
-    """The output to post, and why the boefje failed (one line, secrets redacted), or None."""
+def _run_boefje(spec: WorkerSpec, data: dict, boefje_id: str, version: str | None,
+                oci_image: str | None) -> tuple[BoefjeOutput, float, str | None]:
+    """Run the boefje: its output, how long it ran, and why it failed (one line, secrets redacted;
+    None when it did not)."""
     try:
         boefje = spec.registry.find(boefje_id, oci_image)
     except (BoefjeNotFound, PluginError) as exc:
         logger.error("%s", exc)
-        return failure_output(boefje_id, version, str(exc)), str(exc)
+        return failure_output(boefje_id, version, str(exc)), 0.0, str(exc)
     result = execute(boefje, dict(data), max_output_bytes=spec.max_output_bytes)
-    if result.error:
-        logger.warning("Boefje failed in %.3f s: %s", result.duration, result.error)
-    else:
-        logger.info("Boefje completed in %.3f s with %d files", result.duration, len(result.output.files))
-    return result.output, result.error
+    return result.output, result.duration, result.error
 
 
 def _deliver(client: BoefjeAPIClient, task_id: str, output) -> tuple[TaskExit, str | None, int | None]:
@@ -261,9 +267,8 @@ def _deliver(client: BoefjeAPIClient, task_id: str, output) -> tuple[TaskExit, s
         return TaskExit.UNDELIVERABLE, str(exc), exc.status_code
 
 
-def _settle_duplicates(
-    client: BoefjeAPIClient, duplicates: list[Task], output, trace: Any
-) -> dict[str, _DuplicateExit]:
+def _settle_duplicates(client: BoefjeAPIClient, duplicates: list[Task], output: BoefjeOutput,
+                       duration: float, trace: Any) -> dict[str, _DuplicateExit]:
     """On success each duplicate gets the same output (it must be running for the API to accept it);
     on failure they go back to the queue to get their own run. Returns each one's exit; those this
     worker could not settle are left to the supervisor (acted False)."""
@@ -274,11 +279,15 @@ def _settle_duplicates(
                 if output.status is OutputStatus.COMPLETED:
                     late = client.patch_status(duplicate.id, TaskStatus.RUNNING)
                     client.post_output(duplicate.id, output)
-                    logger.info("Delivered the output of duplicate task")
+                    logger.info("Task completed: delivered the output of the task it duplicates", extra={
+                        "outcome": "completed", "exit": TaskExit.DUPLICATE_DELIVERED.outcome,
+                        "duration_s": round(duration, 3)})
                     settled[duplicate.id] = (TaskExit.DUPLICATE_DELIVERED, True, late)
                 else:
                     client.patch_status(duplicate.id, TaskStatus.QUEUED)
-                    logger.info("Put duplicate task back on the queue for its own run")
+                    logger.info("Task put back on the queue for its own run (the task it duplicates failed)",
+                                extra={"outcome": "queued", "exit": TaskExit.DUPLICATE_REQUEUED.outcome,
+                                       "duration_s": 0.0})
                     settled[duplicate.id] = (TaskExit.DUPLICATE_REQUEUED, True, False)
             except APIError as exc:
                 logger.error("Could not settle duplicate task: %s", exc)
