@@ -18,7 +18,8 @@ from boefje_runtime.testing.faults import Fault
 
 from .helpers import hold_task, task, wait_until
 
-pytestmark = pytest.mark.timeout(60)
+#: "limit": a scheduler that honours the pop limit, so a prefetched task waits in the pool (the push row).
+pytestmark = [pytest.mark.timeout(60), pytest.mark.boefje_api(pop_mode="limit")]
 
 #: Few, fast tries: an injected fault uses up the worker's tries quickly.
 RETRY = RetryPolicy(attempts=3, total_seconds=5.0, initial_wait=0.02, max_wait=0.1)
