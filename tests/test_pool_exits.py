@@ -13,6 +13,7 @@ import pytest
 
 from boefje_runtime import RetryPolicy
 from boefje_runtime.pool import WorkerPool
+from boefje_runtime.pool.finalizer import REFUSALS_BEFORE_FALLBACK
 from boefje_runtime.retry import NOT_PROCESSED
 from boefje_runtime.testing.faults import Fault
 
@@ -69,7 +70,7 @@ def patch_failed(api, make_pool, tmp_path, fault) -> tuple[WorkerPool, str, str,
     """After a timeout kill the error file is refused (422), so the finalizer PATCHes failed: that
     PATCH gets ``fault`` (twice: the supervisor's client tries twice)."""
     pool, task_id = killed_running_task(api, make_pool, tmp_path)
-    api.inject("output", status=422)
+    api.inject("output", status=422, times=REFUSALS_BEFORE_FALLBACK)  # refused for good, as far as it knows
     injected = inject(api, "patch", fault, 2)
     return pool, task_id, "running" if fault == GONE else "failed", injected
 

@@ -41,6 +41,10 @@ logger = logging.getLogger("boefje_runtime.pool")
 MAX_TRIES = 50
 #: Calls are started only during the first this-many seconds of a loop step (real time).
 STEP_BUDGET = 0.2
+#: A 4xx refusal is tried again this many times (with back-off) before the stage's fallback: many
+#: are passing (409, 403 while a status change lands, a proxy's 4xx), and a fallback such as PATCH
+#: failed without an error file says less than the error file would.
+REFUSALS_BEFORE_FALLBACK = 3
 #: When to look again at a task whose running PATCH may land late, in request timeouts after closing.
 #: A request the client gave up on is rarely handled much later than that; twice costs two GETs.
 RECHECK_AFTER = (3, 10)
@@ -74,6 +78,8 @@ class Job:
     stage: Stage
     due: float
     tries: int = 0
+    #: 4xx refusals of the current stage so far (see REFUSALS_BEFORE_FALLBACK).
+    refusals: int = 0
     #: What is being done: the exit's action, until a refusal turns it into CLOSE.
     action: Action = Action.NOTHING
     #: RECHECK: the status the task was closed with, and when to look again after this look.
@@ -191,7 +197,7 @@ class Finalizer:
                 self._failed(job, exc, now)
                 return
             self._backoff.succeeded()
-            job.tries = 0
+            job.tries = job.refusals = 0
 
     def _failed(self, job: Job, exc: Exception, now: float) -> None:
         status = getattr(exc, "status_code", None)
@@ -202,8 +208,16 @@ class Finalizer:
             return
         if isinstance(exc, APIStatusError) and status is not None and 400 <= status < 500 \
                 and status not in NOT_PROCESSED:
-            fallback = self._fallback(job)
+            job.refusals += 1
+            has_fallback = job.stage in (Stage.START, Stage.POST, Stage.PUSH, Stage.MARK_QUEUED)
+            fallback = self._fallback(job) if has_fallback and job.refusals >= REFUSALS_BEFORE_FALLBACK else None
+            if has_fallback and fallback is None:
+                job.due = now + 0.5 * 2 ** (job.refusals - 1)
+                logger.warning("The Boefje API refused to %s (%s); trying again in %.1f s", job.stage.value, exc,
+                               job.due - now, extra={"status_code": status})
+                return
             if fallback is not None:
+                job.refusals = 0
                 logger.warning("The Boefje API refused to %s (%s); now: %s", job.stage.value, exc, fallback.value,
                                extra={"status_code": status})
                 job.stage = fallback
