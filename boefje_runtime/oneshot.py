@@ -218,12 +218,14 @@ class _OneShot:
             raise _Failure(
                 ExitCode.OUTPUT_UNDELIVERABLE,
                 f"Cannot deliver the output of task {task.id} to {self.output_url}: {_reason(exc)}",
-                outcome="undelivered", duration_s=round(child.duration, 3), status_code=exc.status_code,
+                outcome="abandoned", exit="undeliverable", duration_s=round(child.duration, 3),
+                status_code=exc.status_code,
             ) from None
         outcome = "completed" if output.status is OutputStatus.COMPLETED else "failed"
+        exit_kind = "worker_lost" if child.ending is Ending.DIED else outcome
         logger.info(
             "Task %s: output delivered (%s)", outcome, self.output_url,
-            extra={"outcome": outcome, "duration_s": round(child.duration, 3),
+            extra={"outcome": outcome, "exit": exit_kind, "duration_s": round(child.duration, 3),
                    "status_code": self.client(self.output_url).last_status_code},
         )
         return ExitCode.OK
@@ -254,7 +256,8 @@ class _OneShot:
             line = f"Task {self.task.id} interrupted by {child.detail}; killed the boefje's processes"
         output = failure_output(ref.id, ref.version, f"boefje-runtime stopped this task: {why}")
         closing = self._try_close(output, hurry=True)
-        raise _Failure(code, line + closing, outcome="failed" if self.delivered else "undelivered",
+        raise _Failure(code, line + closing, outcome="failed" if self.delivered else "abandoned",
+                       exit="timed_out" if child.ending is Ending.TIMED_OUT else "interrupted",
                        duration_s=round(child.duration, 3))
 
     def fetch_input(self) -> BoefjeInput:
@@ -308,7 +311,8 @@ class _OneShot:
             output = failure_output(ref.id, ref.version, f"boefje-runtime could not run this task: {reason}")
             closing = self._try_close(output)
             raise _Failure(ExitCode.BOEFJE_NOT_FOUND, line + closing,
-                           outcome="failed" if self.delivered else "undelivered", duration_s=0.0) from None
+                           outcome="failed" if self.delivered else "abandoned", exit="not_found",
+                           duration_s=0.0) from None
 
     def deliver(self, output: BoefjeOutput, *, hurry: bool = False) -> None:
         assert self.output_url is not None
