@@ -203,7 +203,8 @@ def test_a_sigkilled_worker_takes_every_process_with_it(boefje_api, plugin_dir, 
 @pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0, reason="needs unshare and root")
 def test_the_supervisor_as_pid_1_leaves_no_zombie(boefje_api, plugin_dir, tmp_path, processes):
     # Given the CLI as PID 1 of a new PID namespace (as in a container without an init)
-    namespace = cli(boefje_api.url, plugin_dir, "unshare", "--pid", "--fork", "--kill-child", "--mount-proc", TASK_TIMEOUT="2")
+    unshare = ("unshare", "--pid", "--fork", "--kill-child", "--mount-proc")
+    namespace = cli(boefje_api.url, plugin_dir, *unshare, TASK_TIMEOUT="2")
     processes.append(namespace)
     wait_until(lambda: boefje_api.request_counts().get("pop", 0) > 0, timeout=20, what="the pool to pop")
 
