@@ -13,6 +13,7 @@ import pytest
 
 from boefje_runtime import BoefjeAPIClient, TaskFilter, process_tree
 from boefje_runtime.models import Task
+from boefje_runtime.plugins import BoefjeRegistry
 from boefje_runtime.pool import PoolSettings, WorkerPool
 from boefje_runtime.pool.backoff import ErrorBackoff, IdleBackoff, StartupGuard
 from boefje_runtime.pool.dedup import group_duplicates
@@ -31,7 +32,7 @@ from boefje_runtime.pool.process import WorkerHandle, describe_exit
 from boefje_runtime.testing import make_task
 
 from . import pool_boefjes
-from .helpers import FAST_RETRY
+from .helpers import FAST_RETRY, write_plugin
 
 
 def test_idle_backoff_stays_short_right_after_work_then_doubles_up_to_the_poll_interval():
@@ -236,6 +237,50 @@ def test_an_overdue_task_is_killed_at_the_step_after_its_deadline(boefje_api, st
     pool.step()
     assert worker.state is WorkerState.KILLED and worker.why == "timed out after 5 s"
     step_until(pool, clock, lambda: boefje_api.status(task_id) == "failed", "the task to be failed", tick=0.0)
+
+
+def test_a_boefje_that_crashes_at_import_does_not_become_a_fork_loop(boefje_api, tmp_path, caplog):
+    # Given a pool of 2 whose only boefje ends the process when imported (every worker dies starting)
+    crash = "import os\nimport time\n\ntime.sleep(0.5)  # a boot that takes a while\nos._exit(3)\n"
+    write_plugin(tmp_path / "plugins" / "crasher", crash + "\ndef run(boefje_meta):\n    return []\n",
+                 id="crasher", oci_image=pool_boefjes.IMAGE)
+    clock = FakeClock()
+    pool = WorkerPool(BoefjeAPIClient(boefje_api.url, retry=FAST_RETRY), TaskFilter([pool_boefjes.IMAGE]),
+                      registry=BoefjeRegistry.discover(tmp_path / "plugins"), settings=PoolSettings(pool_size=2),
+                      clock=clock)
+    started = clock.now
+
+    def deaths_by(simulated: float) -> int:
+        """Step the fake clock to ``started + simulated``, letting every worker started on the way die
+        and be reaped in real time before the clock moves on."""
+        while clock.now < started + simulated:
+            step_until(pool, clock, lambda: not pool.workers, "the started workers to die", tick=0.0)
+            clock.now += 0.05
+            pool.step()
+        step_until(pool, clock, lambda: not pool.workers, "the started workers to die", tick=0.0)
+        return pool.stats.worker_exits["startup"]
+
+    try:
+        # When the pool runs for a few simulated seconds
+        # Then the start-up guard paces the restarts: both die at once, then one start after 1 s
+        # (0.5 s doubled by the second death), the next 2 s after that, ... never a fork loop
+        assert deaths_by(0.9) == 2
+        assert deaths_by(1.9) == 3
+        assert deaths_by(2.9) == 3
+        assert deaths_by(3.9) == 4
+        assert "during start-up" in caplog.text and "exited with code 3" in caplog.text
+        # and while the one probing worker boots, the loop waits for it instead of spinning
+        clock.now = pool._startup.not_before
+        pool.step()
+        assert len(pool.workers) == 1 and pool.step() > 0
+    finally:
+        pool.request_shutdown(immediate=True)
+        deadline = time.monotonic() + 10
+        while pool.phase != "stopped" and time.monotonic() < deadline:
+            clock.now += 0.1
+            pool.step()
+            time.sleep(0.005)
+        pool._close()
 
 
 # -- the loop never spins: steps per simulated second in each phase of waiting ----------------------

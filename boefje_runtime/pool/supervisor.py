@@ -310,7 +310,7 @@ class WorkerPool:
         """Keep ``pool_size`` workers that stay; the start-up guard paces restarts, and a shutdown
         request stops the filling between two spawns (a big pool takes a while to fork)."""
         while sum(1 for worker in self.workers if worker.stays) < self.settings.pool_size:
-            if not self._startup.may_start(now) or self._shutdown.unanswered:
+            if not self._startup.may_start(now) or self._shutdown.unanswered or self._probing():
                 return
             try:
                 self._spawn(now)
@@ -320,6 +320,11 @@ class WorkerPool:
                 return
             if self._startup.failures:
                 return  # after a start-up death, start one at a time until one comes up
+
+    def _probing(self) -> bool:
+        """After a start-up death, one worker at a time: none starts while another is still starting
+        (without this, each step while the last one boots started one more)."""
+        return bool(self._startup.failures) and any(worker.state is WorkerState.STARTING for worker in self.workers)
 
     def _spawn(self, now: float) -> None:
         worker = start_worker(self._forks, now, self._bounds)
@@ -410,8 +415,8 @@ class WorkerPool:
                self._reaper.next_due()]
         if self._phase is Phase.RUNNING:
             due.append(None if self._poller.exhausted else self._poller.next_due(self.workers, self._held, now))
-            if sum(1 for worker in self.workers if worker.stays) < self.settings.pool_size:
-                due.append(self._startup.not_before)
+            if sum(1 for worker in self.workers if worker.stays) < self.settings.pool_size and not self._probing():
+                due.append(self._startup.not_before)  # (a probing worker's ready or exit wakes the loop)
         elif self._phase is Phase.DRAINING:
             due.append(self._shutdown.next_due(now))
         return max(0.0, min(when for when in due if when is not None) - now)
