@@ -154,6 +154,18 @@ class FakeClock:
         return self.now
 
 
+def stop_stepped(pool, clock, *, tick: float = 0.1, within: float = 10.0) -> None:
+    """End a pool driven by a fake clock: an immediate stop, stepped (``tick`` a step) until it has
+    stopped or ``within`` real seconds passed, then the last-resort close (no worker outlives it)."""
+    pool.request_shutdown(immediate=True)
+    deadline = time.monotonic() + within
+    while pool.phase != "stopped" and time.monotonic() < deadline:
+        clock.now += tick
+        pool.step()
+        time.sleep(0.005)  # real processes exit in real time
+    pool._close()
+
+
 @pytest.fixture
 def stepped_pool(boefje_api):
     clock = FakeClock()
@@ -171,13 +183,7 @@ def stepped_pool(boefje_api):
         pool.step()
         time.sleep(0.005)
     yield pool, clock
-    pool.request_shutdown(immediate=True)
-    deadline = time.monotonic() + 10
-    while pool.phase != "stopped" and time.monotonic() < deadline:
-        clock.now += 0.1
-        pool.step()
-        time.sleep(0.005)
-    pool._close()
+    stop_stepped(pool, clock)
 
 
 def test_an_idle_pool_pops_at_most_once_per_poll_interval(boefje_api, stepped_pool):
@@ -274,13 +280,7 @@ def test_a_boefje_that_crashes_at_import_does_not_become_a_fork_loop(boefje_api,
         pool.step()
         assert len(pool.workers) == 1 and pool.step() > 0
     finally:
-        pool.request_shutdown(immediate=True)
-        deadline = time.monotonic() + 10
-        while pool.phase != "stopped" and time.monotonic() < deadline:
-            clock.now += 0.1
-            pool.step()
-            time.sleep(0.005)
-        pool._close()
+        stop_stepped(pool, clock)
 
 
 # -- the loop never spins: steps per simulated second in each phase of waiting ----------------------
@@ -304,13 +304,7 @@ def pool_of(boefje_api):
 
     yield make
     for pool, clock in made:
-        pool.request_shutdown(immediate=True)
-        deadline = time.monotonic() + 20
-        while pool.phase != "stopped" and time.monotonic() < deadline:
-            clock.now += 0.5
-            pool.step()
-            time.sleep(0.002)
-        pool._close()
+        stop_stepped(pool, clock, tick=0.5, within=20.0)
 
 
 def test_no_spin_while_the_task_limit_is_reached_and_a_task_runs(boefje_api, pool_of, tmp_path):
