@@ -39,6 +39,7 @@ from typing import Any
 from . import process_tree
 from .execution import ExecutionResult, execute
 from .plugins import Boefje
+from .process_exit import OomCounter, describe_exit
 
 #: What a container runtime (SIGTERM), a terminal (SIGINT) or a closed terminal or supervisor (SIGHUP)
 #: sends to stop us; the pool drains on the same three.
@@ -156,6 +157,7 @@ def run_in_child(boefje: Boefje, meta: Mapping[str, Any], *, max_output_bytes: i
     started = time.monotonic()
     if signals.received:
         return ChildRun(Ending.INTERRUPTED, None, 0.0, signals.name)
+    oom = OomCounter()  # its count now, so a SIGKILL is called "out of memory" only when the kernel says so
     if not hasattr(os, "fork"):  # pragma: no cover - not Linux/macOS: no timeout, no tree to kill
         result = execute(boefje, meta, max_output_bytes=max_output_bytes)
         return ChildRun(Ending.FINISHED, result, time.monotonic() - started)
@@ -202,7 +204,7 @@ def run_in_child(boefje: Boefje, meta: Mapping[str, Any], *, max_output_bytes: i
         with contextlib.suppress(Exception):
             answer = pickle.loads(data)
     if not (isinstance(answer, tuple) and len(answer) == 2 and isinstance(answer[0], ExecutionResult)):
-        return ChildRun(Ending.DIED, None, duration, describe_status(status), killed)
+        return ChildRun(Ending.DIED, None, duration, describe_status(status, oom), killed)
     result, left_behind = answer
     return ChildRun(Ending.FINISHED, result, duration, "", killed + left_behind)
 
@@ -319,19 +321,12 @@ def _drain(read_fd: int, chunks: list[bytes]) -> bool:
         chunks.append(chunk)
 
 
-def describe_status(status: int) -> str:
-    """How a process ended, from its ``waitpid`` status, for a log line and the error file."""
+def describe_status(status: int, oom: OomCounter | None = None) -> str:
+    """How the child ended, from its ``waitpid`` status, for a log line and the error file (the
+    words are worker mode's: ``process_exit.describe_exit``)."""
     code = os.waitstatus_to_exitcode(status)
-    if code >= 0:
-        return f"exited with code {code} without a result"
-    try:
-        name = signal.Signals(-code).name
-    except ValueError:
-        name = f"signal {-code}"
-    text = f"was killed by {name} ({-code})"
-    if code == -signal.SIGKILL:
-        text += "; if nobody sent it, the kernel's OOM killer is the likely cause"
-    return text
+    text = describe_exit(code, oom_kills=oom.new_kills() if oom is not None and code < 0 else 0)
+    return f"{text} without a result" if code >= 0 else text
 
 
 # -- the child's tie to its parent ---------------------------------------------------------------

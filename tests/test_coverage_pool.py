@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from boefje_runtime.pool import finalizer, process
+from boefje_runtime import process_exit
+from boefje_runtime.pool import finalizer
 from boefje_runtime.pool.events import PoolEvents
 
 from . import pool_boefjes
@@ -303,7 +304,7 @@ def memory_events(tmp_path, monkeypatch) -> Path:
     """A cgroup ``memory.events`` file the pool's OOM counter reads instead of the real one."""
     events = tmp_path / "memory.events"
     events.write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\noom_group_kill 0\n")
-    monkeypatch.setattr(process.OomCounter, "PATHS", (str(events),))
+    monkeypatch.setattr(process_exit.OomCounter, "PATHS", (str(events),))
     return events
 
 

@@ -728,3 +728,12 @@ def test_a_bad_input_url_is_input_unavailable(caplog):
     with caplog.at_level("ERROR"):
         assert run_oneshot("ftp://boefje/api/v0/tasks/1", RuntimeConfig()) == ExitCode.INPUT_UNAVAILABLE
     assert "ftp://boefje/api/v0/tasks/1" in caplog.text
+
+
+def test_one_shot_words_a_childs_end_as_worker_mode_does():
+    from boefje_runtime.process_exit import describe_exit
+    from boefje_runtime.supervised import describe_status
+
+    sigkill_status, exit_3_status = signal.SIGKILL, 3 << 8  # as waitpid reports them
+    assert describe_status(sigkill_status) == describe_exit(-signal.SIGKILL)  # no second wording to drift
+    assert describe_status(exit_3_status) == "exited with code 3 without a result"

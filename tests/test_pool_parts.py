@@ -28,7 +28,8 @@ from boefje_runtime.pool.lifecycle import (
     check,
 )
 from boefje_runtime.pool.limits import retire_reason
-from boefje_runtime.pool.process import WorkerHandle, describe_exit
+from boefje_runtime.pool.process import WorkerHandle
+from boefje_runtime.process_exit import describe_exit
 from boefje_runtime.testing import make_task
 
 from . import pool_boefjes

@@ -28,12 +28,13 @@ import os
 from collections.abc import Callable, Iterable
 
 from .. import process_tree
+from ..process_exit import OomCounter, describe_exit
 from . import endings
 from .backoff import StartupGuard
 from .events import PoolEvents, emit
 from .finalizer import Finalizer
 from .lifecycle import WorkerState
-from .process import OomCounter, WorkerHandle, describe_exit
+from .process import WorkerHandle
 
 logger = logging.getLogger("boefje_runtime.pool")
 
