@@ -17,7 +17,8 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +169,17 @@ class GatedAPI(BoefjeAPIServer):
     def _output(self, task_id: str, body: Any) -> dict[str, str]:
         self._held("output", task_id)
         return super()._output(task_id, body)
+
+
+@contextmanager
+def running_gated_api() -> Iterator[GatedAPI]:
+    """A started :class:`GatedAPI`; every gate is opened before it stops, so no held request hangs."""
+    api = GatedAPI().start()
+    try:
+        yield api
+    finally:
+        api.open_all()
+        api.stop()
 
 
 def ready_workers(pool: WorkerPool) -> int:

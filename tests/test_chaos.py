@@ -18,7 +18,7 @@ import pytest
 from boefje_runtime import RetryPolicy
 from boefje_runtime.testing import make_task
 
-from .helpers import IMAGE, ROOT, GatedAPI, wait_until
+from .helpers import IMAGE, ROOT, GatedAPI, running_gated_api, wait_until
 
 CHAOS_PATH = ROOT / "benchmarks" / "chaos.py"
 #: A client that gives up on a request within half a second and repeats it: a delayed PATCH lands late.
@@ -116,12 +116,8 @@ def test_the_pool_survives_4xx_answers_and_throttling(tmp_path, capsys):
 @pytest.fixture
 def boefje_api() -> Iterator[GatedAPI]:
     """The test API with gates, for the two late-PATCH tests (``make_pool`` uses it too)."""
-    api = GatedAPI().start()
-    try:
+    with running_gated_api() as api:
         yield api
-    finally:
-        api.open_all()
-        api.stop()
 
 
 @pytest.mark.timeout(60)

@@ -26,7 +26,18 @@ from boefje_runtime.pool import finalizer
 from boefje_runtime.pool.events import PoolEvents
 
 from . import pool_boefjes
-from .helpers import CLI, GatedAPI, alive, cli_env, error_text, hold_task, task, wait_until, write_plugin
+from .helpers import (
+    CLI,
+    GatedAPI,
+    alive,
+    cli_env,
+    error_text,
+    hold_task,
+    running_gated_api,
+    task,
+    wait_until,
+    write_plugin,
+)
 from .pool_boefjes import IMAGE
 
 pytestmark = pytest.mark.timeout(90)
@@ -35,12 +46,8 @@ pytestmark = pytest.mark.timeout(90)
 @pytest.fixture
 def boefje_api() -> Iterator[GatedAPI]:
     """The test API with gates (``make_pool`` uses this one too)."""
-    api = GatedAPI().start()
-    try:
+    with running_gated_api() as api:
         yield api
-    finally:
-        api.open_all()
-        api.stop()
 
 
 def errors(caplog: pytest.LogCaptureFixture) -> list[str]:
