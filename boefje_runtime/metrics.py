@@ -18,11 +18,19 @@ from typing import Any
 
 from .errors import BoefjeRuntimeError
 from .pool.events import PoolEvents
+from .pool.exits import TaskExit
 
 #: Boefjes run from a sub-second DNS lookup to an hour-long port scan.
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 
 INSTALL_HINT = "prometheus_client is not installed; install boefje-runtime[metrics] to get /metrics"
+
+#: The ``tasks_finished`` help text, built from :class:`TaskExit`: the finalizer counts each task by
+#: its exit's name, so the list an operator reads is the table's rows and cannot fall behind it.
+TASKS_FINISHED_HELP = (
+    "Tasks that left the pool, by exit (the outcome label; docs/task-exits.md): "
+    + ", ".join(how.outcome for how in TaskExit) + "."
+)
 
 
 class MetricsUnavailable(BoefjeRuntimeError):
@@ -53,7 +61,7 @@ class PoolMetrics(PoolEvents):
         self.tasks_started = prom.Counter("tasks_started", "Tasks handed to a worker process.", ["boefje_id"], **common)
         self.tasks_finished = prom.Counter(
             "tasks_finished",
-            "Tasks that ended, by outcome (completed, failed, undelivered, skipped, lost).",
+            TASKS_FINISHED_HELP,
             ["boefje_id", "outcome"],
             **common,
         )
@@ -83,8 +91,8 @@ class PoolMetrics(PoolEvents):
         )
         self.worker_restarts = prom.Counter(
             "worker_restarts",
-            "Worker process exits other than a clean shutdown stop, by reason (recycled, died, timeout, startup); "
-            "while running, the pool replaces each.",
+            "Worker process exits other than a clean shutdown stop, by reason "
+            "(recycled, died, killed, startup, broken); while running, the pool replaces each.",
             ["reason"],
             **common,
         )
