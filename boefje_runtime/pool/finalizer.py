@@ -16,6 +16,11 @@ call per stage (:class:`Stage`), worked through by the supervisor's loop:
 
 The API is asked where a task stands before acting, because a PATCH to ``running`` on a task whose
 output already landed would reopen it (the scheduler does not guard transitions).
+
+With tracing on, each call is a span of its own (``finalize <stage>``) and its request carries that
+span's ``traceparent``, as the worker's calls carry theirs: a child of the task's span when the
+supervisor recorded the task's pop trace in :attr:`Finalizer.traces`, so OpenKAT's API shows the
+clean-up in the task's trace.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from ..execution import failure_output
 from ..logs import log_context
 from ..models import TaskStatus
 from ..retry import NOT_PROCESSED
+from ..tracing import BOEFJE_ID, EXIT, FINALIZE, FINALIZER_STAGE, NO_TRACING, TASK_ID, NoTracing, PopTrace, Tracing
 from .backoff import ErrorBackoff
 from .events import PoolEvents, emit
 from .exits import Action, TaskExit, Ticket
@@ -85,6 +91,8 @@ class Job:
     #: RECHECK: the status the task was closed with, and when to look again after this look.
     closed: TaskStatus | None = None
     later: list[float] = field(default_factory=list)
+    #: Tracing on: (trace id, span id) of the task's span, the parent of this job's spans (None: unknown).
+    parent: tuple[int, int] | None = None
 
     @property
     def blocking(self) -> bool:
@@ -100,8 +108,16 @@ class Finalizer:
     """Task exits, carried out on the API by the supervisor's loop (see the module docstring)."""
 
     def __init__(self, client: BoefjeAPIClient, queue: str = "boefje", listeners: list[PoolEvents] | None = None,
-                 clock=time.monotonic) -> None:
+                 clock=time.monotonic, *, tracing: Tracing | NoTracing = NO_TRACING) -> None:
         self.client = client
+        #: A span per call when on; the client then sends the current span's traceparent (it adds
+        #: nothing outside one of these spans, so the client's other calls are unchanged).
+        self.tracing = tracing
+        if tracing.enabled and client.header_hook is None:
+            client.header_hook = tracing.header_hook
+        #: Tracing on: the pop trace of each task handed to a worker, by task id (the supervisor
+        #: records it at dispatch); :meth:`settle` takes it out, so it lives as long as the task.
+        self.traces: dict[str, PopTrace] = {}
         self.queue = queue
         #: The pool's own list (not a copy): listeners added after construction are heard too.
         self.listeners = listeners if listeners is not None else []
@@ -127,11 +143,15 @@ class Finalizer:
         recheck: bool = False,
         acted: bool = False,
         logged: bool = False,
+        trace: PopTrace | None = None,
     ) -> None:
         """``ticket``'s task left the pool ``how``: log the line that ends it (unless the worker did:
         ``logged``), and queue what its exit needs on the API (nothing when ``acted``: the worker did
-        it already). ``recheck``: the worker's running PATCH may land late; look again later."""
+        it already). ``recheck``: the worker's running PATCH may land late; look again later.
+        ``trace``: the task's pop trace, when not recorded in :attr:`traces`."""
         reason = reason or how.text
+        trace = self.traces.pop(ticket.id, None) or trace
+        parent = trace.task_parent if trace is not None else None
         if not logged:
             extra: dict = {"outcome": how.result, "exit": how.outcome,
                            "duration_s": round(duration, 3) if duration is not None else None}
@@ -148,14 +168,14 @@ class Finalizer:
         if how.action is Action.CLOSE:
             # A malformed task was just popped by us: it is dispatched, and GET could not parse it.
             first = Stage.START if how is TaskExit.MALFORMED else Stage.LOOK
-            self.jobs.append(Job(ticket, how, reason, first, due=now, action=how.action))
+            self.jobs.append(Job(ticket, how, reason, first, due=now, action=how.action, parent=parent))
         elif how.action is Action.PUSH:
-            self.jobs.append(Job(ticket, how, reason, Stage.PUSH, due=now, action=how.action))
+            self.jobs.append(Job(ticket, how, reason, Stage.PUSH, due=now, action=how.action, parent=parent))
         elif how.action is Action.REQUEUE:
-            self.jobs.append(Job(ticket, how, reason, Stage.LOOK, due=now, action=how.action))
+            self.jobs.append(Job(ticket, how, reason, Stage.LOOK, due=now, action=how.action, parent=parent))
         elif recheck and how in (TaskExit.COMPLETED, TaskExit.FAILED, TaskExit.DUPLICATE_DELIVERED):
             closed = TaskStatus.FAILED if how is TaskExit.FAILED else TaskStatus.COMPLETED
-            self._recheck(ticket, how, closed, now)
+            self._recheck(ticket, how, closed, now, parent)
 
     # -- what the loop asks ----------------------------------------------------------------------
 
@@ -189,7 +209,8 @@ class Finalizer:
     def _advance(self, job: Job, now: float) -> None:
         with log_context(**job.ticket.log_fields()):
             try:
-                job.stage = self._call(job, now)
+                with self._span(job):
+                    job.stage = self._call(job, now)
             except _Done:
                 self.jobs.remove(job)
                 return
@@ -198,6 +219,13 @@ class Finalizer:
                 return
             self._backoff.succeeded()
             job.tries = job.refusals = 0
+
+    def _span(self, job: Job):
+        """The span of the job's next call (a no-op with tracing off); _Done is no error."""
+        stage = job.stage.name.lower()
+        attributes = {TASK_ID: job.ticket.id, BOEFJE_ID: job.ticket.boefje_id, EXIT: job.exit.outcome,
+                      FINALIZER_STAGE: stage}
+        return self.tracing.action(f"{FINALIZE} {stage}", job.parent, expected=(_Done,), **attributes)
 
     def _failed(self, job: Job, exc: Exception, now: float) -> None:
         status = getattr(exc, "status_code", None)
@@ -304,13 +332,14 @@ class Finalizer:
     def _closed(self, job: Job, now: float) -> None:
         """We closed the task: a late running PATCH of its worker may still reopen it."""
         if job.exit is not TaskExit.MALFORMED:  # no worker ever PATCHed a malformed task
-            self._recheck(job.ticket, job.exit, TaskStatus.FAILED, now)
+            self._recheck(job.ticket, job.exit, TaskStatus.FAILED, now, job.parent)
         raise _Done
 
-    def _recheck(self, ticket: Ticket, how: TaskExit, closed: TaskStatus, now: float) -> None:
+    def _recheck(self, ticket: Ticket, how: TaskExit, closed: TaskStatus, now: float,
+                 parent: tuple[int, int] | None = None) -> None:
         first, *rest = (now + factor * self.client.timeout for factor in RECHECK_AFTER)
         self.jobs.append(Job(ticket, how, "a late running PATCH", Stage.RECHECK, due=first, closed=closed,
-                             later=rest))
+                             later=rest, parent=parent))
 
     @staticmethod
     def _next_recheck(job: Job) -> Stage:

@@ -16,12 +16,16 @@ the span it belongs to, so OpenKAT's instrumented API and scheduler continue the
 
 Where spans are made, and why (the pool forks its workers):
 
-- The **supervisor** creates no span, no exporter and no thread. It draws a trace id and a span id
-  before each pop (plain random numbers, :class:`PopTracer`), sends them as the pop's
-  ``traceparent`` and hands them, with the pop's start and end times, to the worker with the task.
-  Forking is then safe at any time (first start, recycling, a fork server): there is no exporter
-  thread or gRPC channel in the supervisor to inherit, and a dying worker never takes a supervisor
-  span with it.
+- The **supervisor** records no task span. It draws a trace id and a span id before each pop
+  (plain random numbers, :class:`PopTracer`), sends them as the pop's ``traceparent`` and hands
+  them, with the pop's start and end times and the ids the task's span is to have, to the worker
+  with the task. A dying worker never takes a supervisor span with it.
+- The **finalizer** (in the supervisor) makes one span per call it makes for a task that left the
+  pool (``finalize <stage>``: close, push back, requeue, recheck), a child of the task's span when
+  the supervisor drew its ids, so OpenKAT's API continues the task's trace for those calls too. Its
+  provider and export thread start with the first such call, long after the fork server was forked
+  (every worker is forked by that clean process, so no thread or channel of this provider is
+  inherited by a worker).
 - Each **worker** builds its own TracerProvider after the fork, the first time it traces a task.
   It records the task span (starting at the pop, so the time a task waited in the pool shows), and
   the ``pop`` span under it with the ids the supervisor sent: the API's server span for the pop
@@ -39,6 +43,9 @@ from .config import INSTALL_HINT, REQUIRED_MODULES, available, tracing_for
 from .names import (
     BOEFJE_ID,
     BOEFJE_VERSION,
+    EXIT,
+    FINALIZE,
+    FINALIZER_STAGE,
     GET_INPUT,
     ORGANISATION,
     OUTCOME,
@@ -62,7 +69,10 @@ from .w3c import HeaderHook, environment_context, traceparent
 __all__ = [
     "BOEFJE_ID",
     "BOEFJE_VERSION",
+    "EXIT",
     "EXPORT_TIMEOUT_S",
+    "FINALIZE",
+    "FINALIZER_STAGE",
     "GET_INPUT",
     "INSTALL_HINT",
     "NO_TRACING",

@@ -15,3 +15,7 @@ TASK_ID, BOEFJE_ID, BOEFJE_VERSION, ORGANISATION = (
 OUTCOME, OUTPUT_SIZE, OUTPUT_FILES, POP_TASKS = (
     "boefje.outcome", "boefje.output.size", "boefje.output.files", "boefje.pop.tasks",
 )
+
+#: The finalizer's spans (one per call it makes for a task that left the pool): ``finalize <stage>``,
+#: with the task's exit (a row of docs/task-exits.md) and the stage.
+FINALIZE, EXIT, FINALIZER_STAGE = "finalize", "boefje.exit", "boefje.finalizer.stage"

@@ -42,6 +42,9 @@ class NoTracing:
     def start_task(self, *args: Any, **kwargs: Any) -> _NullSpan:
         return _NULL_SPAN
 
+    def action(self, *args: Any, **kwargs: Any) -> contextlib.AbstractContextManager[None]:
+        return _NULL_CONTEXT
+
     def close(self) -> None:
         pass
 

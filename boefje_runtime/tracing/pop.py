@@ -1,8 +1,10 @@
-"""The supervisor's part of tracing: ids and times of each pop, no OpenTelemetry.
+"""The supervisor's part of a task's trace: ids and times of each pop, no OpenTelemetry.
 
-Why the supervisor creates no span: see the package docstring. It draws a trace id and a span id
-before each pop, sends them as the pop's ``traceparent`` and hands them, with the pop's start and
-end times, to the worker with the task; the worker records the ``pop`` span with those ids.
+Why the supervisor records no task span: see the package docstring. It draws a trace id and a span
+id before each pop, sends them as the pop's ``traceparent`` and hands them, with the pop's start and
+end times, to the worker with the task; the worker records the ``pop`` span with those ids. It also
+draws the ids of each task's span, so that its own later calls for the task (the finalizer's, when
+the worker could not close it) are children of that span without asking the worker for them.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ class PopTrace:
 
     ``first`` is True for the first task (group) of the pop: that task continues the pop's trace.
     Other tasks of the same pop start their own traces, their ``pop`` span linked to this one.
+    ``task_trace_id`` and ``task_span_id`` are the ids the task's span will have (0: drawn by the
+    worker, unknown here).
     """
 
     trace_id: int
@@ -29,9 +33,20 @@ class PopTrace:
     end_ns: int
     tasks: int
     first: bool = True
+    task_trace_id: int = 0
+    task_span_id: int = 0
 
     def for_next_task(self) -> PopTrace:
-        return PopTrace(self.trace_id, self.span_id, self.start_ns, self.end_ns, self.tasks, first=False)
+        """The trace of the pop's next task (group): a trace of its own, its ids drawn now."""
+        return PopTrace(self.trace_id, self.span_id, self.start_ns, self.end_ns, self.tasks, first=False,
+                        task_trace_id=random_id(128), task_span_id=random_id(64))
+
+    @property
+    def task_parent(self) -> tuple[int, int] | None:
+        """(trace id, span id) of the task's span, when drawn here: the parent of the finalizer's spans."""
+        if self.task_trace_id and self.task_span_id:
+            return self.task_trace_id, self.task_span_id
+        return None
 
 
 class PopTracer:
@@ -56,4 +71,5 @@ class PopTracer:
     def after_pop(self, tasks: int) -> PopTrace:
         """The pop that just ended; the supervisor's later requests carry no pop's header."""
         self._header = {}
-        return PopTrace(self._trace_id, self._span_id, self._start_ns, time.time_ns(), tasks)
+        return PopTrace(self._trace_id, self._span_id, self._start_ns, time.time_ns(), tasks,
+                        task_trace_id=self._trace_id, task_span_id=random_id(64))

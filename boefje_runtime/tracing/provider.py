@@ -7,8 +7,9 @@ the fork, and never exports through one inherited from its parent.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from .ids import PresetIds
@@ -111,9 +112,10 @@ class Tracing:
         start = None
         if pop is not None:
             start = pop.start_ns
-            if pop.first:
-                self._ids.trace_id = pop.trace_id
-            else:
+            # the ids the supervisor drew for this task's span, so its own spans can be children
+            self._ids.trace_id = pop.trace_id if pop.first else (pop.task_trace_id or None)
+            self._ids.span_id = pop.task_span_id or None
+            if not pop.first:
                 links.append(trace.Link(trace.SpanContext(pop.trace_id, pop.span_id, is_remote=True)))
         elif parent:
             parent_context = TraceContextTextMapPropagator().extract(dict(parent))
@@ -127,6 +129,36 @@ class Tracing:
             )
             child.end(end_time=pop.end_ns)
         return task
+
+    @contextlib.contextmanager
+    def action(self, name: str, parent: tuple[int, int] | None = None, *,
+               expected: tuple[type[BaseException], ...] = (), **attributes: Any) -> Iterator[None]:
+        """A span for one call the supervisor makes for a task (the finalizer's), current while it
+        runs, so the request carries its ``traceparent`` (:meth:`header_hook`). A child of the task's
+        span when its ``(trace id, span id)`` is known (``parent``), else a trace of its own.
+
+        An exception marks it ERROR with the exception's type only (as a task's phases), unless it is
+        one of ``expected`` (the caller's way of saying "done").
+        """
+        from opentelemetry import context, trace
+
+        tracer = self._ensure()
+        parent_context = context.Context()
+        if parent is not None:
+            remote = trace.SpanContext(parent[0], parent[1], is_remote=True,
+                                       trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED))
+            parent_context = trace.set_span_in_context(trace.NonRecordingSpan(remote), parent_context)
+        with tracer.start_as_current_span(
+            name, context=parent_context, kind=trace.SpanKind.CLIENT, attributes=attributes or None,
+            record_exception=False, set_status_on_exception=False,
+        ) as span:
+            try:
+                yield
+            except expected:
+                raise
+            except BaseException as exc:
+                span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
+                raise
 
     @staticmethod
     def header_hook() -> Mapping[str, str]:
