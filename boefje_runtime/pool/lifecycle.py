@@ -47,6 +47,11 @@ class WorkerState(enum.Enum):
     #: The supervisor killed its process tree; waiting to reap it. Deadline: the reap bound.
     KILLED = "killed"
 
+    #: Members are singletons compared by identity, so they hash by identity too: the loop asks
+    #: "is it in TAKES_TASK / HOLDS_TASK" dozens of times per task, and Enum's own ``__hash__`` (the
+    #: name's hash, in Python) was a tenth of the supervisor's CPU.
+    __hash__ = object.__hash__
+
 
 S = WorkerState
 

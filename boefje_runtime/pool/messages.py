@@ -44,7 +44,7 @@ class Mailbox:
     def read(self, worker: WorkerHandle, now: float, *, draining: bool) -> bool:
         """Read and handle every message waiting on ``worker``'s pipe; False once the pipe is closed."""
         try:
-            while worker.conn.poll():
+            while worker.has_message():
                 self.handle(worker, worker.conn.recv(), now, draining=draining)
         except (EOFError, OSError):
             return False

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import select
 import signal
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -62,6 +63,10 @@ class WorkerHandle:
         self.assignment: Assignment | None = None
         #: Why it leaves (retiring) or why the supervisor killed it, for the reaper's line.
         self.why: str | None = None
+        # Built once: ``Connection.poll()`` builds a selector per call, and the loop asks after
+        # every message (it was the costliest call of a step).
+        self._pipe = select.poll()
+        self._pipe.register(conn.fileno(), select.POLLIN)
 
     def __repr__(self) -> str:
         return f"<worker pid={self._pid} {self.state.value}>"
@@ -108,6 +113,10 @@ class WorkerHandle:
         return self.deadline is not None and now >= self.deadline
 
     # -- talking to it, and ending it ------------------------------------------------------------
+
+    def has_message(self) -> bool:
+        """Something to read on the pipe now: a message, or its end (EOF), never blocking."""
+        return bool(self._pipe.poll(0))
 
     def send(self, message: tuple[Any, ...]) -> bool:
         """Send to the worker; False when its end of the pipe is gone (it died)."""
