@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import signal
 import stat
 import sys
@@ -130,9 +131,11 @@ def worker_main(conn: Connection, spec: WorkerSpec, parent_pid: int) -> None:
     spec.registry.load_all()
     conn.send(("ready", os.getpid()))
     tasks_done = 0
+    pipe = select.poll()  # built once: Connection.poll() builds a selector per call
+    pipe.register(conn.fileno(), select.POLLIN)
     try:
         while not _Flags.stop:
-            if not conn.poll(0.5):
+            if not pipe.poll(500):  # ms; a SIGTERM's flag is seen within that
                 if os.getppid() != parent_pid:
                     return
                 continue
@@ -249,7 +252,8 @@ def _run_boefje(spec: WorkerSpec, data: dict, boefje_id: str, version: str | Non
     except (BoefjeNotFound, PluginError) as exc:
         logger.error("%s", exc)
         return failure_output(boefje_id, version, str(exc)), 0.0, str(exc)
-    result = execute(boefje, dict(data), max_output_bytes=spec.max_output_bytes)
+    # The task arrived pickled: this copy is the worker's own, and nothing reads its data after the run.
+    result = execute(boefje, data, max_output_bytes=spec.max_output_bytes, handed_over=True)
     return result.output, result.duration, result.error
 
 
