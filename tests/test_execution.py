@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import os
+import subprocess
 import sys
 from collections.abc import Callable
 from datetime import timezone
@@ -12,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from boefje_runtime import environment
 from boefje_runtime.environment import redact, task_environment
 from boefje_runtime.execution import (
     DEFAULT_MAX_OUTPUT_BYTES,
@@ -149,14 +152,33 @@ def test_keyboard_interrupt_propagates_and_the_environment_is_still_restored():
     assert "BRT_TEST_INTERRUPTED" not in os.environ
 
 
-def test_task_environment_restores_exactly(monkeypatch):
+@pytest.mark.parametrize("store", ["encoded", "decoded"])
+def test_task_environment_restores_exactly_what_the_task_and_the_boefje_changed(monkeypatch, store):
+    """Both ways of restoring: CPython's encoded store (the fast path) and the decoded fallback."""
+    if store == "decoded":
+        monkeypatch.setattr(environment, "_raw_environ", lambda: None)
     monkeypatch.setenv("BRT_TEST_KEEP", "before")
+    monkeypatch.setenv("BRT_TEST_DELETED_BY_BOEFJE", "before")
+    monkeypatch.setenv("BRT_TEST_CHANGED_BY_BOEFJE", "before")
     before = dict(os.environ)
 
     with task_environment({"BRT_TEST_KEEP": "during", "BRT_TEST_NEW": "during"}):
         assert (os.environ["BRT_TEST_KEEP"], os.environ["BRT_TEST_NEW"]) == ("during", "during")
+        os.environ["BRT_TEST_SET_BY_BOEFJE"] = "x"
+        del os.environ["BRT_TEST_DELETED_BY_BOEFJE"]
+        os.environ["BRT_TEST_CHANGED_BY_BOEFJE"] = "changed"
 
     assert dict(os.environ) == before
+    assert os.getenv("BRT_TEST_DELETED_BY_BOEFJE") == "before"  # the process's real environment too
+    assert subprocess_environment()["BRT_TEST_CHANGED_BY_BOEFJE"] == "before"
+    assert "BRT_TEST_SET_BY_BOEFJE" not in subprocess_environment()
+
+
+def subprocess_environment() -> dict[str, str]:
+    """The environment a child process inherits (putenv/unsetenv, not only the os.environ dict)."""
+    out = subprocess.run([sys.executable, "-c", "import json, os; print(json.dumps(dict(os.environ)))"],
+                         capture_output=True, text=True, check=True, timeout=30).stdout
+    return json.loads(out)
 
 
 # --- what the boefje receives ----------------------------------------------------------------------------------
