@@ -224,6 +224,29 @@ def test_kill_children_ends_everything_a_subreaper_started_and_reaps_it(tmp_path
         assert not alive(pid)
 
 
+def test_has_children_sees_a_running_child_and_an_unreaped_one_and_reaps_neither():
+    code = """
+        import json, os, subprocess, sys
+        from boefje_runtime import process_tree
+        seen = [process_tree.has_children()]
+        child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+        seen.append(process_tree.has_children())
+        child.stdin.close()
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # ended, still unreaped (a zombie)
+        seen.append(process_tree.has_children())
+        try:  # has_children did not reap it: its status is still there to collect
+            seen.append(os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None)
+        except ChildProcessError:
+            seen.append(False)
+        child.wait(10)
+        seen.append(process_tree.has_children())
+        print(json.dumps(seen))
+    """
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                            timeout=30)
+    assert json.loads(result.stdout) == [False, True, True, True, False], result.stderr
+
+
 def test_own_process_group_makes_a_forked_child_lead_its_session_and_group():
     read_end, write_end = os.pipe()
     pid = os.fork()
