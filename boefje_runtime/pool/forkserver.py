@@ -76,10 +76,13 @@ class ForkedProcess:
         self._release = release
         self._exitcode: int | None = None
         self._closer = weakref.finalize(self, _close_fd, status_fd)
+        # Built once: the reaper asks every worker on every step of the loop.
+        self._status = select.poll()
+        self._status.register(status_fd, select.POLLIN)
 
     def ended(self) -> bool:
         """True once the worker has ended, without reaping it: its pid stays reserved."""
-        return self._exitcode is not None or (self._closer.alive and _readable(self.sentinel, 0))
+        return self._exitcode is not None or (self._closer.alive and bool(self._status.poll(0)))
 
     @property
     def exitcode(self) -> int | None:
