@@ -396,7 +396,8 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "pop_ahead", "POP_AHEAD", ("--pop-ahead",), parse_bool, True,
-        "Pop a worker's next task while it posts its output (the task waits at most that long).",
+        "Pop a worker's next task before it is free: while it posts its output, or when its boefje "
+        "usually ends within a pop round trip (one task waits per such worker at most).",
         boolean=True,
         mode=Mode.WORKER,
     ),

@@ -40,9 +40,10 @@ class PoolSettings:
     #: container while other containers may be idle. N > 0 pops in batches of N + 1: fewer
     #: requests (2 + 1/(N+1) per task) for queues that are always full.
     prefetch: int = 0
-    #: Pop for a worker as soon as its boefje has returned, while it is still posting the output,
-    #: so the pop's round trip overlaps the delivery. The task waits in the supervisor (any idle
-    #: worker may take it) for at most that delivery. False: pop only for idle workers.
+    #: Pop for a worker before it is free: once its boefje has returned (while it posts the output),
+    #: or when its boefje usually ends within one pop round trip, so the round trip overlaps the end
+    #: of the task. At most one task waits per such worker, in the supervisor (any idle worker may
+    #: take it); the rule is ``pops_wanted`` (popthreads.py). False: pop only for idle workers.
     pop_ahead: bool = True
     #: Stop (exit 0) once the queue has nothing for this worker.
     burst: bool = False
