@@ -22,7 +22,8 @@ import time
 import boefje_runtime.client  # noqa: F401 - the one-shot process has requests imported when it forks
 from boefje_runtime.execution import execute
 from boefje_runtime.plugins import BoefjeRegistry
-from boefje_runtime.supervised import StopSignals, run_in_child
+from boefje_runtime.stop_signals import StopSignals
+from boefje_runtime.supervised import run_in_child
 
 
 def _cpu() -> float:

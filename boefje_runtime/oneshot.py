@@ -50,7 +50,8 @@ from .logs import log_context, secret_values
 from .models import BoefjeInput, BoefjeOutput, OutputStatus, Task
 from .plugins import Boefje, BoefjeRegistry
 from .retry import RetryPolicy
-from .supervised import ChildRun, Ending, SecondSignal, StopSignals, run_in_child
+from .stop_signals import SecondSignal, StopSignals
+from .supervised import ChildRun, Ending, run_in_child
 from .tracing import GET_INPUT, NO_TRACING, POST_OUTPUT, RUN, NoTracing, Tracing, environment_context, tracing_for
 
 logger = logging.getLogger("boefje_runtime.oneshot")

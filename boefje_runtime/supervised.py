@@ -30,20 +30,16 @@ import pickle
 import select
 import signal
 import sys
-import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from . import process_tree
 from .execution import ExecutionResult, execute
 from .plugins import Boefje
-from .process_exit import OomCounter, describe_exit
-
-#: What a container runtime (SIGTERM), a terminal (SIGINT) or a closed terminal or supervisor (SIGHUP)
-#: sends to stop us; the pool drains on the same three.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+from .process_exit import OomCounter, describe_exit, exit_now
+from .stop_signals import STOP_SIGNALS, StopSignals
 
 #: The child's exit code when it could not even send its result (a bug of ours or a pickling error).
 _CHILD_FAILED = 70
@@ -78,77 +74,6 @@ class ChildRun:
     detail: str = ""
     #: Processes killed after the run (left behind by the boefje, or its tree on a stop).
     killed: int = 0
-
-
-class SecondSignal(BaseException):
-    """A second stop signal arrived while :meth:`StopSignals.second_ends_wait` was in force.
-
-    A BaseException, like KeyboardInterrupt: the HTTP client's and tenacity's handlers must let it
-    through, so it ends the request or the retry wait it interrupts."""
-
-
-class StopSignals:
-    """Records SIGTERM/SIGINT/SIGHUP while installed, and wakes :func:`run_in_child`'s wait.
-
-    Installed only in the main thread (the only one Python delivers signals to); elsewhere it
-    does nothing, and a library caller keeps its own handlers.
-    """
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        #: How many stop signals arrived.
-        self.count = 0
-        self._urgent = False
-        self.wakeup_fd: int | None = None
-        self._write_fd: int | None = None
-        self._previous: dict[int, Any] = {}
-        self._previous_wakeup = -1
-
-    @property
-    def name(self) -> str:
-        return signal.Signals(self.received).name if self.received else ""
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.count += 1
-        if self.received is None:
-            self.received = signum
-        elif self._urgent:
-            raise SecondSignal(signum)
-
-    @contextlib.contextmanager
-    def second_ends_wait(self) -> Iterator[None]:
-        """While in force, a second stop signal raises :class:`SecondSignal` (at once if one came
-        already): for the closing POST after a stop, which an operator may want to cut short."""
-        if self.count >= 2:
-            raise SecondSignal(self.received or 0)
-        self._urgent = True
-        try:
-            yield
-        finally:
-            self._urgent = False
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[StopSignals]:
-        if threading.current_thread() is not threading.main_thread():
-            yield self
-            return
-        read_fd, write_fd = os.pipe()
-        os.set_blocking(read_fd, False)
-        os.set_blocking(write_fd, False)
-        self.wakeup_fd, self._write_fd = read_fd, write_fd
-        self._previous_wakeup = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-        for signum in STOP_SIGNALS:
-            self._previous[signum] = signal.signal(signum, self._handle)
-        try:
-            yield self
-        finally:
-            for signum, handler in self._previous.items():
-                signal.signal(signum, handler)
-            self._previous.clear()
-            signal.set_wakeup_fd(self._previous_wakeup)
-            os.close(read_fd)
-            os.close(write_fd)
-            self.wakeup_fd = self._write_fd = None
 
 
 def run_in_child(boefje: Boefje, meta: Mapping[str, Any], *, max_output_bytes: int | None,
@@ -269,10 +194,7 @@ def _child(write_fd: int, boefje: Boefje, meta: Mapping[str, Any],
             data = data[os.write(write_fd, data):]
         code = 0
     finally:
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()
-            sys.stderr.flush()
-        os._exit(code)
+        exit_now(code)
 
 
 def _wait(read_fd: int, pid: int, exited: int | None, deadline: float | None,
@@ -297,8 +219,7 @@ def _wait(read_fd: int, pid: int, exited: int | None, deadline: float | None,
             wait = _POLL if wait is None else min(wait, _POLL)
         readable, _, _ = select.select(watched, [], [], wait)
         if signals.wakeup_fd is not None and signals.wakeup_fd in readable:
-            with contextlib.suppress(BlockingIOError, OSError):
-                os.read(signals.wakeup_fd, 512)
+            signals.drain_wakeups()
         if read_fd in readable and _drain(read_fd, chunks):  # EOF: wait for the exit only
             watched.remove(read_fd)
         gone = exited in readable if exited is not None else _has_exited(pid)

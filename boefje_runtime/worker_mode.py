@@ -20,7 +20,6 @@ import logging
 import os
 import select
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from .exit_codes import ExitCode
 from .logs import register_secrets
 from .plugins import BoefjeRegistry, ImportMode
 from .pool.events import PoolEvents
+from .process_exit import exit_now
 
 logger = logging.getLogger("boefje_runtime")
 
@@ -194,10 +194,7 @@ def _import_in_child(write_fd: int, registry: BoefjeRegistry) -> None:  # pragma
                     out.write(json.dumps({"step": "ok", "id": boefje.id}) + "\n")
         code = 0
     finally:
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()
-            sys.stderr.flush()
-        os._exit(code)
+        exit_now(code)
 
 
 def _describe(status: int) -> str:
