@@ -16,6 +16,10 @@ SIGTERM, SIGINT and SIGHUP end it for sure: its whole process tree is killed, a 
 cause is posted, and the exit code says which (TASK_TIMED_OUT, INTERRUPTED). A signal that arrives
 after the boefje has finished does not throw its result away: the output is still delivered.
 
+How hard an output POST tries depends on what it carries (:class:`Delivery`): a completed result gets
+the normal retry policy; a FAILED output, whatever failed, only closes the task and gets the short
+:data:`CLOSE_POLICY` (about 8 s at worst), which a second stop signal ends at once.
+
 No task left running (protocol.md): when the boefje is not in this image (or its plugin is
 broken) we still post a FAILED output with an ``error/boefje`` file saying so, because the API
 would otherwise keep the task ``running`` forever; the exit code is still BOEFJE_NOT_FOUND, so
@@ -26,6 +30,7 @@ trust to post to.
 
 from __future__ import annotations
 
+import enum
 import logging
 from contextlib import ExitStack
 from typing import Any
@@ -58,11 +63,29 @@ logger = logging.getLogger("boefje_runtime.oneshot")
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
-#: The closing POST after a timeout or a stop signal: a container runtime kills us 10 s after its
-#: SIGTERM (Docker's and Kubernetes' default grace), so tries stop after 4 s and each request times
-#: out after 2 s (connect and read): about 8 s at worst, instead of the normal policy's 60 s.
-CLOSE_AFTER_STOP = RetryPolicy(attempts=3, total_seconds=4.0, initial_wait=0.1, max_wait=1.0)
-CLOSE_AFTER_STOP_REQUEST_TIMEOUT = 2.0
+#: A closing POST (see :class:`Delivery`): tries stop after 4 s and each request times out after 2 s
+#: (connect and read), about 8 s at worst instead of the normal policy's minute and more. Short
+#: enough for a container runtime's 10 s grace after its SIGTERM (Docker's and Kubernetes' default).
+CLOSE_POLICY = RetryPolicy(attempts=3, total_seconds=4.0, initial_wait=0.1, max_wait=1.0)
+CLOSE_REQUEST_TIMEOUT = 2.0
+
+
+class Delivery(enum.Enum):
+    """How hard an output POST tries; :func:`delivery_for` is the one place that picks it."""
+
+    #: The boefje's completed result: the normal retry policy (``OUTGOING_REQUEST_TIMEOUT`` per
+    #: request, about a minute in all), because the scan's files are lost if they do not land.
+    RESULT = "result"
+    #: A FAILED output, whatever failed (the boefje, its process, ``TASK_TIMEOUT``, a stop signal, a
+    #: missing plugin, we): :data:`CLOSE_POLICY`, and a second stop signal ends it. It only closes
+    #: the task; the exit code tells the orchestrator what happened anyway, so a one-shot container
+    #: must not hang for minutes on an API that does not answer.
+    CLOSE = "close"
+
+
+def delivery_for(output: BoefjeOutput) -> Delivery:
+    """RESULT for a COMPLETED output, CLOSE for a FAILED one (see :class:`Delivery`)."""
+    return Delivery.RESULT if output.status is OutputStatus.COMPLETED else Delivery.CLOSE
 
 
 def origin(url: str) -> tuple[str, str, int]:
@@ -176,7 +199,7 @@ class _OneShot:
         self.task: Task | None = None
         self.output_url: str | None = None
         self.delivered = False
-        self._clients: dict[tuple[tuple[str, str, int], bool], BoefjeAPIClient] = {}
+        self._clients: dict[tuple[tuple[str, str, int], Delivery], BoefjeAPIClient] = {}
         self._scope = ExitStack()  # the task's log context and secrets, until the run's last line
 
     def __enter__(self) -> _OneShot:
@@ -222,12 +245,18 @@ class _OneShot:
                 outcome="abandoned", exit="undeliverable", duration_s=round(child.duration, 3),
                 status_code=exc.status_code,
             ) from None
+        except SecondSignal:
+            raise _Failure(
+                ExitCode.INTERRUPTED,
+                f"Task {task.id} failed; a second signal ended the attempt to deliver its output to {self.output_url}",
+                outcome="abandoned", exit="interrupted", duration_s=round(child.duration, 3),
+            ) from None
         outcome = "completed" if output.status is OutputStatus.COMPLETED else "failed"
         exit_kind = "worker_lost" if child.ending is Ending.DIED else outcome
         logger.info(
             "Task %s: output delivered (%s)", outcome, self.output_url,
             extra={"outcome": outcome, "exit": exit_kind, "duration_s": round(child.duration, 3),
-                   "status_code": self.client(self.output_url).last_status_code},
+                   "status_code": self.client(self.output_url, delivery_for(output)).last_status_code},
         )
         return ExitCode.OK
 
@@ -256,7 +285,7 @@ class _OneShot:
             why, code = f"the one-shot process received {child.detail}", ExitCode.INTERRUPTED
             line = f"Task {self.task.id} interrupted by {child.detail}; killed the boefje's processes"
         output = failure_output(ref.id, ref.version, f"boefje-runtime stopped this task: {why}")
-        closing = self._try_close(output, hurry=True)
+        closing = self._try_close(output)
         raise _Failure(code, line + closing, outcome="failed" if self.delivered else "abandoned",
                        exit="timed_out" if child.ending is Ending.TIMED_OUT else "interrupted",
                        duration_s=round(child.duration, 3))
@@ -315,9 +344,17 @@ class _OneShot:
                            outcome="failed" if self.delivered else "abandoned", exit="not_found",
                            duration_s=0.0) from None
 
-    def deliver(self, output: BoefjeOutput, *, hurry: bool = False) -> None:
+    def deliver(self, output: BoefjeOutput) -> None:
+        """POST ``output`` as :func:`delivery_for` says: a CLOSE raises :class:`SecondSignal` when a
+        second stop signal arrives (or had arrived) meanwhile."""
         assert self.output_url is not None
-        self.client(self.output_url, hurry=hurry).deliver_output(self.output_url, output)
+        delivery = delivery_for(output)
+        client = self.client(self.output_url, delivery)
+        if delivery is Delivery.CLOSE:
+            with self.signals.second_ends_wait():
+                client.deliver_output(self.output_url, output)
+        else:
+            client.deliver_output(self.output_url, output)
         self.delivered = True
 
     def end_trace(self, code: ExitCode) -> None:
@@ -329,17 +366,10 @@ class _OneShot:
 
     # -- closing a task that cannot run ---------------------------------------------------------
 
-    def _try_close(self, output: BoefjeOutput, *, hurry: bool = False) -> str:
-        """Post a FAILED output so the task is not left running; returns what to add to the error line.
-
-        ``hurry`` (after a timeout or a stop signal): the short :data:`CLOSE_AFTER_STOP` policy,
-        and a second stop signal ends the attempt."""
+    def _try_close(self, output: BoefjeOutput) -> str:
+        """Post a FAILED output so the task is not left running; returns what to add to the error line."""
         try:
-            if hurry:
-                with self.signals.second_ends_wait():
-                    self.deliver(output, hurry=True)
-            else:
-                self.deliver(output)
+            self.deliver(output)
         except APIError as exc:
             return f"; marking the task failed did not work either: {_reason(exc)}"
         except SecondSignal:
@@ -354,22 +384,23 @@ class _OneShot:
 
     # -- clients --------------------------------------------------------------------------------
 
-    def client(self, url: str, *, hurry: bool = False) -> BoefjeAPIClient:
+    def client(self, url: str, delivery: Delivery = Delivery.RESULT) -> BoefjeAPIClient:
         """A client for ``url``'s origin. API headers go to the input's and BOEFJES_API's origins only.
-        ``hurry``: one with the short retry policy and request timeout of :data:`CLOSE_AFTER_STOP`."""
+        ``Delivery.CLOSE``: one with :data:`CLOSE_POLICY` and :data:`CLOSE_REQUEST_TIMEOUT`."""
         key = origin(url)
-        client = self._clients.get((key, hurry))
+        client = self._clients.get((key, delivery))
         if client is None:
             trusted = {origin(self.input_url)}
             if self.config.boefjes_api:
                 trusted.add(origin(self.config.boefjes_api))
             scheme, host, port = key
             timeout = self.config.outgoing_request_timeout
-            client = self._clients[(key, hurry)] = BoefjeAPIClient(
+            hurry = delivery is Delivery.CLOSE
+            client = self._clients[(key, delivery)] = BoefjeAPIClient(
                 f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}",
-                timeout=min(timeout, CLOSE_AFTER_STOP_REQUEST_TIMEOUT) if hurry else timeout,
+                timeout=min(timeout, CLOSE_REQUEST_TIMEOUT) if hurry else timeout,
                 headers=self.config.api_headers if key in trusted else None,
-                retry=CLOSE_AFTER_STOP if hurry else None,
+                retry=CLOSE_POLICY if hurry else None,
             )
             client.header_hook = self.tracing.header_hook
         return client

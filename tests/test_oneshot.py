@@ -20,7 +20,8 @@ import requests
 
 from boefje_runtime.config import RuntimeConfig
 from boefje_runtime.exit_codes import ExitCode
-from boefje_runtime.oneshot import origin, run_oneshot
+from boefje_runtime.models import BoefjeOutput, OutputStatus
+from boefje_runtime.oneshot import CLOSE_POLICY, Delivery, delivery_for, origin, run_oneshot
 from boefje_runtime.testing import BoefjeAPIServer, make_task
 
 from . import helpers
@@ -465,6 +466,63 @@ def test_closing_after_a_timeout_is_short_whatever_the_api_asks(api, plugin_dir,
     assert_gone(*spawner_pids(pid_file))
 
 
+@pytest.mark.parametrize(("boefje", "code"), [("raiser", ExitCode.OUTPUT_UNDELIVERABLE),
+                                              ("exiter", ExitCode.OUTPUT_UNDELIVERABLE),
+                                              ("no-such-boefje", ExitCode.BOEFJE_NOT_FOUND)])
+def test_a_failed_task_is_closed_as_briefly_as_after_a_stop(api, plugin_dir, boefje, code):
+    """A FAILED output only closes the task (the exit code tells the orchestrator the rest), so it
+    gets the short closing policy too: a Retry-After of 30 s would keep the normal policy waiting
+    about 60 s on an API that keeps refusing (run_cli's bound fails the test then)."""
+    task_id = running_task(api, boefje)
+    api.inject("output", status=503, headers={"Retry-After": "30"}, times=None)
+    result = run_cli(input_url(api, task_id), plugin_dir, timeout=30)
+    assert result.returncode == code, result.stderr
+    assert "503" in error_line(result)
+    assert api.status(task_id) == "running"
+
+
+def test_two_signals_end_the_closing_post_after_a_boefje_failure(api, plugin_dir):
+    """The first signal after the boefje failed keeps the FAILED output's POST going; the second
+    ends it: exit 9 and one line, no traceback."""
+    task_id = running_task(api, "raiser")
+    api.inject("output", status=503, headers={"Retry-After": "3"}, times=None)
+    process = subprocess.Popen([*helpers.CLI, "--plugin-dir", str(plugin_dir), input_url(api, task_id)],
+                               env=helpers.cli_env(), stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_until(lambda: any(record.endpoint == "output" for record in api.request_log()), timeout=30,
+                   what="the closing POST")
+        os.kill(process.pid, signal.SIGTERM)  # during the Retry-After wait: recorded, the POST goes on
+        # Two signals in a row can merge into one delivery: send the second once the first is taken.
+        wait_until(lambda: not _pending(process.pid, signal.SIGTERM), timeout=10, what="the first SIGTERM delivered")
+        os.kill(process.pid, signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == ExitCode.INTERRUPTED, stderr
+    errors = [line for line in stderr.splitlines() if "[error]" in line]
+    assert len(errors) == 1 and "a second signal ended the attempt to deliver its output" in errors[0], stderr
+    assert "Traceback" not in stderr
+    assert api.status(task_id) == "running"
+
+
+def test_a_completed_result_gets_the_full_retry_policy(api, plugin_dir):
+    """The scan's files are lost if they do not land: a COMPLETED output outlasts as many refusals as
+    the closing policy allows in all, and is delivered."""
+    task_id = running_task(api, "hello")
+    api.inject("output", status=503, times=CLOSE_POLICY.attempts)
+    result = run_cli(input_url(api, task_id), plugin_dir)
+    assert result.returncode == ExitCode.OK, result.stderr
+    assert api.status(task_id) == "completed"
+
+
+def test_only_a_completed_output_is_delivered_as_a_result():
+    completed = BoefjeOutput(OutputStatus.COMPLETED, [])
+    failed = BoefjeOutput(OutputStatus.FAILED, [])
+    assert (delivery_for(completed), delivery_for(failed)) == (Delivery.RESULT, Delivery.CLOSE)
+
+
 def test_a_second_signal_ends_the_closing_post(api, plugin_dir, tmp_path):
     pid_file = tmp_path / "pids"
     task_id = running_task(api, "spawner", arguments={"pid_file": str(pid_file)})
@@ -487,6 +545,13 @@ def test_a_second_signal_ends_the_closing_post(api, plugin_dir, tmp_path):
     assert len(errors) == 1 and "a second signal ended the attempt to mark the task failed" in errors[0], stderr
     assert "Traceback" not in stderr
     assert_gone(*pids)
+
+
+def _pending(pid: int, signum: int) -> bool:
+    """Whether ``signum`` is still pending for ``pid`` (its thread's or its process's mask in /proc)."""
+    with open(f"/proc/{pid}/status") as status:
+        masks = [int(line.split()[1], 16) for line in status if line.startswith(("SigPnd:", "ShdPnd:"))]
+    return any(mask & (1 << (signum - 1)) for mask in masks)
 
 
 def _has_fd(pid: int, fd: int) -> bool:
