@@ -7,12 +7,14 @@ puts a task on the test API, sets it running (the input endpoint answers 403 oth
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
 import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -152,6 +154,25 @@ def running_task(api: BoefjeAPIServer, boefje_id: str, **kwargs) -> str:
 
 def input_url(api: BoefjeAPIServer, task_id: str) -> str:
     return f"{api.url}/api/v0/tasks/{task_id}"
+
+
+@contextlib.contextmanager
+def one_shot_process(api: BoefjeAPIServer, plugin_dir: Path, task_id: str) -> Iterator[subprocess.Popen]:
+    """The one-shot CLI for ``task_id``, for a test that signals it. In a session of its own, so a
+    SIGINT to its process group is what a terminal's Ctrl-C does; killed if the test leaves it running."""
+    process = subprocess.Popen([*helpers.CLI, "--plugin-dir", str(plugin_dir), input_url(api, task_id)],
+                               env=helpers.cli_env(), stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+def wait_for_the_output_post(api: BoefjeAPIServer) -> None:
+    wait_until(lambda: any(record.endpoint == "output" for record in api.request_log()), timeout=30,
+               what="the output POST")
 
 
 def run_cli(url: str, plugin_dir: Path, *args: str, env: dict[str, str] | None = None,
@@ -435,18 +456,12 @@ def test_a_boefje_that_closes_the_result_pipe_still_times_out(api, plugin_dir, t
 def test_a_boefje_that_closes_the_result_pipe_is_stopped_by_sigterm(api, plugin_dir, tmp_path):
     pid_file = tmp_path / "pid"
     task_id = running_task(api, "fd-closer", arguments={"pid_file": str(pid_file)})
-    process = subprocess.Popen([*helpers.CLI, "--plugin-dir", str(plugin_dir), input_url(api, task_id)],
-                               env=helpers.cli_env(), stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
+    with one_shot_process(api, plugin_dir, task_id) as process:
         wait_until(pid_file.exists, timeout=30, what="the boefje to write its pid")
         boefje_pid = int(pid_file.read_text())
         wait_until(lambda: not _has_fd(boefje_pid, 3), timeout=10, what="the boefje to close its descriptors")
         os.kill(process.pid, signal.SIGTERM)
         _, stderr = process.communicate(timeout=20)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
     assert process.returncode == ExitCode.INTERRUPTED == 9, stderr
     assert api.status(task_id) == "failed"
     assert "the one-shot process received SIGTERM" in error_text(api, task_id)
@@ -486,20 +501,13 @@ def test_two_signals_end_the_closing_post_after_a_boefje_failure(api, plugin_dir
     ends it: exit 9 and one line, no traceback."""
     task_id = running_task(api, "raiser")
     api.inject("output", status=503, headers={"Retry-After": "3"}, times=None)
-    process = subprocess.Popen([*helpers.CLI, "--plugin-dir", str(plugin_dir), input_url(api, task_id)],
-                               env=helpers.cli_env(), stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        wait_until(lambda: any(record.endpoint == "output" for record in api.request_log()), timeout=30,
-                   what="the closing POST")
+    with one_shot_process(api, plugin_dir, task_id) as process:
+        wait_for_the_output_post(api)
         os.kill(process.pid, signal.SIGTERM)  # during the Retry-After wait: recorded, the POST goes on
         # Two signals in a row can merge into one delivery: send the second once the first is taken.
         wait_until(lambda: not _pending(process.pid, signal.SIGTERM), timeout=10, what="the first SIGTERM delivered")
         os.kill(process.pid, signal.SIGTERM)
         _, stderr = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
     assert process.returncode == ExitCode.INTERRUPTED, stderr
     errors = [line for line in stderr.splitlines() if "[error]" in line]
     assert len(errors) == 1 and "a second signal ended the attempt to deliver its output" in errors[0], stderr
@@ -527,19 +535,12 @@ def test_a_second_signal_ends_the_closing_post(api, plugin_dir, tmp_path):
     pid_file = tmp_path / "pids"
     task_id = running_task(api, "spawner", arguments={"pid_file": str(pid_file)})
     api.inject("output", status=503, headers={"Retry-After": "3"}, times=None)
-    process = subprocess.Popen([*helpers.CLI, "--plugin-dir", str(plugin_dir), input_url(api, task_id)],
-                               env=helpers.cli_env(), stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
+    with one_shot_process(api, plugin_dir, task_id) as process:
         pids = spawner_pids(pid_file)
         os.kill(process.pid, signal.SIGTERM)
-        wait_until(lambda: any(record.endpoint == "output" for record in api.request_log()), timeout=30,
-                   what="the closing POST")
+        wait_for_the_output_post(api)
         os.kill(process.pid, signal.SIGTERM)  # during the Retry-After wait
         _, stderr = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
     assert process.returncode == ExitCode.INTERRUPTED, stderr
     errors = [line for line in stderr.splitlines() if "[error]" in line]
     assert len(errors) == 1 and "a second signal ended the attempt to mark the task failed" in errors[0], stderr
@@ -562,20 +563,13 @@ def _has_fd(pid: int, fd: int) -> bool:
 def test_a_stop_signal_kills_the_boefje_and_its_child_and_fails_the_task(api, plugin_dir, tmp_path, signum):
     pid_file = tmp_path / "pids"
     task_id = running_task(api, "spawner", arguments={"pid_file": str(pid_file)})
-    # Its own session, so a SIGINT to its process group is what a terminal's Ctrl-C does.
-    process = subprocess.Popen([*helpers.CLI, "--plugin-dir", str(plugin_dir), input_url(api, task_id)],
-                               env=helpers.cli_env(), stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
+    with one_shot_process(api, plugin_dir, task_id) as process:
         pids = spawner_pids(pid_file)
         if signum == signal.SIGINT:
             os.killpg(process.pid, signum)
         else:
             os.kill(process.pid, signum)  # what a container runtime sends
         _, stderr = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
     name = signal.Signals(signum).name
     assert process.returncode == ExitCode.INTERRUPTED == 9, stderr
     errors = [line for line in stderr.splitlines() if "[error]" in line]
