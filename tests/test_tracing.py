@@ -377,3 +377,8 @@ def test_a_killed_worker_loses_only_its_open_spans(api, plugins, tmp_path):
     task_ids = [span.attributes.get("boefje.task.id") for span in spans if span.name == "boefje task"]
     assert task_ids == [done]  # the killed task's span was open: lost with its worker, nothing else
     assert sum(span.name == "PATCH running" for span in spans) == 2  # its ended phases were already out
+    # the supervisor's clean-up of the killed task continues that task's trace, under its (lost) span
+    cleanup = [span for span in spans if span.name.startswith("finalize ")]
+    assert cleanup and {span.attributes["boefje.task.id"] for span in cleanup} == {killed}
+    [parent] = {(span.trace_id, span.parent_span_id) for span in cleanup}
+    assert parent in {(span.trace_id, span.parent_span_id) for span in spans if span.name == "PATCH running"}

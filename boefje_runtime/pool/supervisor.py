@@ -101,7 +101,8 @@ class WorkerPool:
         self.exit_code = ExitCode.OK
         self._clock = clock
         self._api = client.clone(retry=SUPERVISOR_RETRY)
-        self._finalizer = Finalizer(self._api, self.settings.queue, self.listeners)
+        self._finalizer = Finalizer(self._api, self.settings.queue, self.listeners, tracing=tracing)
+        self._tracing = tracing
         #: Popped groups no worker has started yet (the first task of a group runs).
         self._held: deque[list[Task]] = deque()
         # An injected clock means a step-driven pool (tests): its pops run inline, so what a step
@@ -378,6 +379,9 @@ class WorkerPool:
                 continue
             worker.assignment = assignment
             worker.move(WorkerState.ASSIGNED, now)
+            if pop is not None:  # the finalizer's calls for these tasks continue the task's trace
+                for member in group:
+                    self._finalizer.traces[member.id] = pop
             emit(self.listeners, "task_started", assignment.task.data.boefje.id)
 
     # -- shutdown (the order is written down in shutdown.py) -------------------------------------
@@ -445,3 +449,4 @@ class WorkerPool:
         self._forks.close()
         self._selector.close()
         self._api.close()
+        self._tracing.close()  # the finalizer's spans (each worker flushes its own)
