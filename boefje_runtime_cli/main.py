@@ -5,7 +5,9 @@ env var, default, help, parser), so the CLI and ``RuntimeConfig.from_env`` canno
 A bad value from a flag or an env var is a click usage error naming the option (exit 2).
 
 Import time matters (``--help`` and every one-shot run pay it): the pool, the HTTP client and
-``requests`` are imported inside the function of the mode that needs them.
+``requests`` are imported inside the function of the mode that needs them. A one-shot run ends the
+process with ``exit_now`` (no ``SystemExit``, no interpreter teardown): a program that embeds
+one-shot calls :func:`boefje_runtime.oneshot.run_oneshot`, not :func:`main`.
 """
 
 from __future__ import annotations
