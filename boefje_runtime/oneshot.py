@@ -18,7 +18,7 @@ after the boefje has finished does not throw its result away: the output is stil
 
 How hard an output POST tries depends on what it carries (:class:`Delivery`): a completed result gets
 the normal retry policy; a FAILED output, whatever failed, only closes the task and gets the short
-:data:`CLOSE_POLICY` (about 8 s at worst), which a second stop signal ends at once.
+:data:`CLOSE_POLICY` (about 8 s at worst). A second stop signal ends either at once (exit 9).
 
 No task left running (protocol.md): when the boefje is not in this image (or its plugin is
 broken) we still post a FAILED output with an ``error/boefje`` file saying so, because the API
@@ -75,6 +75,7 @@ class Delivery(enum.Enum):
 
     #: The boefje's completed result: the normal retry policy (``OUTGOING_REQUEST_TIMEOUT`` per
     #: request, about a minute in all), because the scan's files are lost if they do not land.
+    #: A second stop signal ends it all the same.
     RESULT = "result"
     #: A FAILED output, whatever failed (the boefje, its process, ``TASK_TIMEOUT``, a stop signal, a
     #: missing plugin, we): :data:`CLOSE_POLICY`, and a second stop signal ends it. It only closes
@@ -248,7 +249,7 @@ class _OneShot:
         except SecondSignal:
             raise _Failure(
                 ExitCode.INTERRUPTED,
-                f"Task {task.id} failed; a second signal ended the attempt to deliver its output to {self.output_url}",
+                f"Task {task.id}: a second signal ended the attempt to deliver its output to {self.output_url}",
                 outcome="abandoned", exit="interrupted", duration_s=round(child.duration, 3),
             ) from None
         outcome = "completed" if output.status is OutputStatus.COMPLETED else "failed"
@@ -345,16 +346,12 @@ class _OneShot:
                            duration_s=0.0) from None
 
     def deliver(self, output: BoefjeOutput) -> None:
-        """POST ``output`` as :func:`delivery_for` says: a CLOSE raises :class:`SecondSignal` when a
-        second stop signal arrives (or had arrived) meanwhile."""
+        """POST ``output`` as :func:`delivery_for` says. Raises :class:`SecondSignal` when a second
+        stop signal arrives (or had arrived) meanwhile: an operator who asks twice wants out, result
+        or not (a first one, after the boefje finished, lets the POST go on)."""
         assert self.output_url is not None
-        delivery = delivery_for(output)
-        client = self.client(self.output_url, delivery)
-        if delivery is Delivery.CLOSE:
-            with self.signals.second_ends_wait():
-                client.deliver_output(self.output_url, output)
-        else:
-            client.deliver_output(self.output_url, output)
+        with self.signals.second_ends_wait():
+            self.client(self.output_url, delivery_for(output)).deliver_output(self.output_url, output)
         self.delivered = True
 
     def end_trace(self, code: ExitCode) -> None:

@@ -496,10 +496,11 @@ def test_a_failed_task_is_closed_as_briefly_as_after_a_stop(api, plugin_dir, boe
     assert api.status(task_id) == "running"
 
 
-def test_two_signals_end_the_closing_post_after_a_boefje_failure(api, plugin_dir):
-    """The first signal after the boefje failed keeps the FAILED output's POST going; the second
-    ends it: exit 9 and one line, no traceback."""
-    task_id = running_task(api, "raiser")
+@pytest.mark.parametrize("boefje", ["raiser", "hello"])
+def test_two_signals_end_the_output_post_after_the_boefje_finished(api, plugin_dir, boefje):
+    """The first signal after the boefje finished (failed or not) keeps the output's POST going; the
+    second ends it: exit 9 and one line, no traceback."""
+    task_id = running_task(api, boefje)
     api.inject("output", status=503, headers={"Retry-After": "3"}, times=None)
     with one_shot_process(api, plugin_dir, task_id) as process:
         wait_for_the_output_post(api)
