@@ -212,11 +212,18 @@ def test_metrics_during_a_run_show_the_busy_worker(boefje_api, operated, tmp_pat
     held_id = boefje_api.enqueue(held)
     wait_until(pid_file.exists, what="the held task to start")
 
+    # The boefje runs before the supervisor has read its worker's "started" message, and the second
+    # worker may still be booting: while the task is held, /metrics must come to show one busy
+    # worker and one idle (a fixed moment to look at would race the supervisor's loop).
+    def settled() -> bool:
+        during = scrape(server)
+        return (value(during, "tasks_started_total", boefje_id="hold"), value(during, "workers_busy"),
+                value(during, "workers_idle")) == (1, 1, 1)
+
+    wait_until(settled, timeout=15, what="one started task, one busy and one idle worker in /metrics")
     during = scrape(server)
-    assert value(during, "tasks_started_total", boefje_id="hold") == 1
     assert value(during, "tasks_finished_total", boefje_id="hold", outcome="completed") is None
-    assert value(during, "workers_busy") == 1
-    assert value(during, "workers_idle") == 1
+    assert boefje_api.status(held_id) == "running", "the task was still held while /metrics was read"
 
     release.touch()
     boefje_api.wait_for_status(held_id, "completed")

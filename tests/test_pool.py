@@ -187,7 +187,10 @@ def test_the_pool_recovers_when_the_api_is_down_for_seconds(boefje_api, make_poo
     _wait_all_ready(pool, 2)
     boefje_api.stop()
     ids = boefje_api.enqueue([task() for _ in range(20)])
-    time.sleep(2.0)  # the outage itself
+    # The outage lasts until the pool has felt it: three failed pops, so its error back-off grew
+    # (a count of the pool's own attempts, not seconds that a loaded machine may or may not fill)
+    failed_before = pool.stats.api_errors["pop"]
+    wait_until(lambda: pool.stats.api_errors["pop"] >= failed_before + 3, timeout=30, what="three failed pops")
     boefje_api.start()
 
     boefje_api.wait_for_status(ids, "completed", timeout=30)

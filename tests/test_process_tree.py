@@ -161,9 +161,11 @@ def test_kill_tree_catches_a_process_that_keeps_changing_its_pid(tmp_path):
         # When the tree is killed
         killed = process_tree.kill_tree(root.pid)
 
-        # Then the hopper was stopped where it stood (the walk converged on a few pids instead of
-        # chasing a new one each time) and killed: nothing of the tree runs on
-        assert len(killed) <= 5, f"chased {len(killed)} pids"
+        # Then the hopper was stopped where it stood and killed: nothing of the tree runs on. The
+        # walk converged: how many hops it saw before a SIGSTOP landed depends on the scheduler (9
+        # on a loaded machine), but a walk that chases each new pid until its stop bound (1 s of
+        # walks a few hundred microseconds apart) collects hundreds
+        assert len(killed) <= 50, f"chased {len(killed)} pids"
         root.wait(5)
         wait_until(lambda: not running_with(marker), timeout=5, what="every process of the tree to be gone")
     finally:
