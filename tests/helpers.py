@@ -1,7 +1,8 @@
 """Small helpers shared by the test modules; the shared fixtures are in ``tests/conftest.py``.
 
+- property tests: :func:`examples` (FUZZ_SHARE);
 - bounded waiting: :func:`wait_until`, :func:`alive`;
-- worker pools against the test Boefje API: :func:`new_pool`, :func:`task`, :func:`hold_task`,
+- worker pools against the test Boefje API: :func:`new_pool`, :func:`task`, :func:`hold_task`, :func:`running_task`,
   :func:`ready_workers`, :func:`error_text`; :class:`GatedAPI`, a test API that holds a request until told;
 - the real CLI as a subprocess: :data:`CLI`, :func:`cli_env`, :func:`run_cli`;
 - plugin folders in OpenKAT's layout: :func:`write_plugin`.
@@ -39,6 +40,32 @@ FAST_RETRY = RetryPolicy(attempts=6, total_seconds=15.0, initial_wait=0.05, max_
 CLI = [sys.executable, "-m", "boefje_runtime_cli"]
 #: Every env var the CLI reads, removed so the developer's shell cannot change a test's outcome.
 OUR_ENV = {setting.env for setting in SETTINGS}
+
+
+# -- property tests -------------------------------------------------------------------------------
+
+
+def _fuzz_share() -> float:
+    text = os.environ.get("FUZZ_SHARE") or "1"
+    try:
+        share = float(text)
+    except ValueError:
+        share = 0.0
+    if not 0 < share <= 1:
+        raise ValueError(f"FUZZ_SHARE must be a number above 0 and at most 1, got {text!r}")
+    return share
+
+
+#: The share of each property test's examples a run draws (env var FUZZ_SHARE, default 1: all).
+#: CI draws them all on one Python and a share on the others: the models, client and pool are the
+#: same code on every Python, while the version-specific surface (json, http, enum, fork) is hit
+#: by the first examples already.
+FUZZ_SHARE = _fuzz_share()
+
+
+def examples(full: int) -> int:
+    """``max_examples`` for a property test that draws ``full`` examples in a full run."""
+    return max(1, round(full * FUZZ_SHARE))
 
 
 # -- waiting --------------------------------------------------------------------------------------
@@ -180,6 +207,14 @@ def running_gated_api() -> Iterator[GatedAPI]:
     finally:
         api.open_all()
         api.stop()
+
+
+def running_task(api: BoefjeAPIServer, boefje_id: str, **kwargs: Any) -> str:
+    """Enqueue a task (:func:`make_task` options) and set it running, as OpenKAT does before it starts
+    a one-shot container; the test sets it, so no request is counted."""
+    task_id = api.enqueue(make_task(boefje_id, **kwargs))
+    api.set_status(task_id, "running")
+    return task_id
 
 
 def ready_workers(pool: WorkerPool) -> int:

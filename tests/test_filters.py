@@ -16,6 +16,8 @@ from boefje_runtime.filters import OPERATORS, TaskFilter, check_filter, check_fi
 from boefje_runtime.models import Task
 from boefje_runtime.testing import BoefjeAPIServer, make_task
 
+from .helpers import examples
+
 TASK = make_task(
     "dns-records",
     oci_image="ghcr.io/minvws/openkat/dns:latest",
@@ -464,7 +466,7 @@ def shared_api():
         yield api, session
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(tasks=tasks_strategy, filters=filters_strategy)
 def test_the_server_pops_what_mula_would(shared_api, tasks, filters):
     api, session = shared_api
@@ -484,7 +486,7 @@ def test_the_server_pops_what_mula_would(shared_api, tasks, filters):
     assert all(statuses[task["id"]] == ("dispatched" if task in expected else "queued") for task in tasks)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(tasks=tasks_strategy, filters=filters_strategy)
 def test_evaluate_agrees_with_the_oracle(tasks, filters):
     for task in tasks:

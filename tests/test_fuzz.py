@@ -48,7 +48,7 @@ from boefje_runtime.pool import WorkerPool
 from boefje_runtime.retry import NO_RETRY
 from boefje_runtime.testing import BoefjeAPIServer, make_task
 
-from .helpers import IMAGE, new_pool, run_cli, wait_until
+from .helpers import IMAGE, examples, new_pool, run_cli, wait_until
 
 FIXED_ID = "0b0e9a3c-6a43-4f5e-9a2b-7d1c2f3e4a5b"
 #: JSON nested far deeper than the decoder's recursion limit.
@@ -234,7 +234,7 @@ def _only_parse_errors(parser, payload: Any) -> Any:
         return None
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(payload=task_like)
 def test_task_parsing_raises_only_parse_errors(payload):
     _count("models: task")
@@ -263,7 +263,7 @@ def assert_round_trip(task: Task, payload: dict) -> None:
                 assert json.dumps(wrote[key]) == json.dumps(value), key
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(payload=valid_tasks())
 def test_a_valid_task_parses_and_travels_back_unchanged(payload):
     _count("models: valid task")
@@ -307,7 +307,7 @@ output_like = st.fixed_dictionaries(
 ) | weird_values
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(payload=output_like)
 def test_output_parsing_raises_only_parse_errors(payload):
     _count("models: output")
@@ -317,7 +317,7 @@ def test_output_parsing_raises_only_parse_errors(payload):
     _only_parse_errors(OutputFile.from_dict, payload)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(payload=valid_outputs)
 def test_a_valid_output_travels_back_unchanged(payload):
     _count("models: valid output")
@@ -375,7 +375,7 @@ def fuzz_api() -> Iterator[BoefjeAPIServer]:
         yield server
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=examples(250), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 @given(fault=client_faults())
 def test_client_calls_raise_only_runtime_errors(fuzz_api, fault):
@@ -491,7 +491,7 @@ def _pool_goes_on(api: BoefjeAPIServer, pool: WorkerPool) -> None:
     assert pool._thread.is_alive() and pool.phase == "running"
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=examples(10), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                  HealthCheck.too_slow])
 @given(data=st.data())
 def test_worker_mode_fails_a_malformed_task_and_keeps_going(fuzz_api, fuzz_pool, data):
@@ -518,7 +518,7 @@ def test_worker_mode_fails_a_malformed_task_and_keeps_going(fuzz_api, fuzz_pool,
     _pool_goes_on(fuzz_api, pool)
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=examples(6), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                 HealthCheck.too_slow])
 @given(data=st.data())
 def test_worker_mode_runs_a_valid_but_odd_task_and_closes_it(fuzz_api, fuzz_pool, data):
@@ -568,7 +568,7 @@ def garbage_inputs(draw) -> tuple[bytes, int]:
     return body, status
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=examples(15), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                  HealthCheck.too_slow])
 @given(garbage=garbage_inputs(), level=st.sampled_from(["ERROR", "INFO"]), fmt=st.sampled_from(["text", "json"]))
 @example(garbage=(DEEP, 200), level="ERROR", fmt="text")  # nested past the decoder's limit: exit 1 before
