@@ -46,6 +46,7 @@ def test_quick_run_writes_every_figure_of_the_chosen_measurements(tmp_path):
     assert next(f for f in report["figures"] if f["key"] == "throughput.lost")["value"] == 0
 
 
+@pytest.mark.slow  # half a minute of forked pools: with the other bench run, after the fast suite
 @pytest.mark.timeout(170)
 def test_quick_latency_and_group_runs_report_ratios_idle_fractions_and_requests(tmp_path):
     # given a quick plan: pops delayed 0/50/200 ms, a 20 ms boefje; duplicate groups of 1-16
