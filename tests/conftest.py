@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -18,6 +20,7 @@ import pytest
 from hypothesis import settings
 
 from boefje_runtime.pool import WorkerPool
+from boefje_runtime.testing import BoefjeAPIServer
 
 from .helpers import new_pool
 
@@ -63,6 +66,32 @@ def make_pool(boefje_api, pool_options) -> Iterator[Callable[..., WorkerPool]]:
                 survivors.append(worker.pid)
                 worker.process.kill()  # so it cannot disturb the next test either
     assert not survivors, f"workers {survivors} outlived their pool"
+
+
+# -- the test API without log capture --------------------------------------------------------------
+
+
+@pytest.fixture
+def api() -> Iterator[BoefjeAPIServer]:
+    """A started test Boefje API, for tests whose workers are other processes (the CLI): unlike
+    ``boefje_api`` it installs no capture of forked workers' log lines."""
+    with BoefjeAPIServer() as server:
+        yield server
+
+
+# -- processes a test leaves behind ---------------------------------------------------------------
+
+
+@pytest.fixture
+def strays() -> Iterator[list[int]]:
+    """Pids a test's processes started: SIGKILLed after the test whatever happened, so a failed test
+    cannot leave them running. Only these pids, never a search of the machine: under pytest-xdist
+    other tests' processes run beside ours."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
 
 
 # -- plugin trees ---------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import sys
 import threading
 from pathlib import Path
@@ -121,22 +120,12 @@ def test_a_stalled_stdout_blocks_the_boefje_until_the_task_timeout(boefje_api, m
 # -- child processes --------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def leftovers():
-    """Pids a boefje left behind; killed (by pid) after the test whatever it found."""
-    pids: list[int] = []
-    yield pids
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-
-
 def forked_task(tmp_path: Path, then: str) -> tuple[dict, Path]:
     pid_file = tmp_path / f"forked-{then}.json"
     return task("fork-and-leave", arguments={"pid_file": str(pid_file), "then": then, "lifetime": 60}), pid_file
 
 
-def test_a_boefje_that_forks_children_and_returns(boefje_api, make_pool, tmp_path, leftovers):
+def test_a_boefje_that_forks_children_and_returns(boefje_api, make_pool, tmp_path, strays):
     # Given a boefje that starts two forked children and a `sleep` process, and returns
     pool = make_pool().start()
     forked, pid_file = forked_task(tmp_path, "return")
@@ -145,7 +134,7 @@ def test_a_boefje_that_forks_children_and_returns(boefje_api, make_pool, tmp_pat
     # When its task is done
     boefje_api.wait_for_status(task_id, "completed")
     children = json.loads(pid_file.read_text())["children"]
-    leftovers.extend(children)
+    strays.extend(children)
 
     # Then the children end with the task (the worker is their subreaper), and the pool goes on
     assert boefje_api.files(task_id)[0]["content"] == b"forked"
@@ -153,7 +142,7 @@ def test_a_boefje_that_forks_children_and_returns(boefje_api, make_pool, tmp_pat
     then_the_next_task_runs_normally(boefje_api, pool)
 
 
-def test_a_boefje_that_forks_children_and_exits_its_worker(boefje_api, make_pool, tmp_path, leftovers):
+def test_a_boefje_that_forks_children_and_exits_its_worker(boefje_api, make_pool, tmp_path, strays):
     # Given a boefje that starts children and then ends its worker process
     pool = make_pool().start()
     forked, pid_file = forked_task(tmp_path, "exit")
@@ -162,7 +151,7 @@ def test_a_boefje_that_forks_children_and_exits_its_worker(boefje_api, make_pool
     # When the worker is gone
     boefje_api.wait_for_status(task_id, "failed")
     record = json.loads(pid_file.read_text())
-    leftovers.extend(record["children"])
+    strays.extend(record["children"])
 
     # Then its task failed saying how, a new worker took over, and the next task runs
     assert "exited with code 3" in error_text(boefje_api, task_id)

@@ -184,12 +184,6 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def api():
-    with BoefjeAPIServer() as server:
-        yield server
-
-
-@pytest.fixture
 def plugin_dir(tmp_path: Path) -> Path:
     root = tmp_path / "plugins"
     write_plugin(root / "hello", HELLO, id="hello", oci_image=IMAGE)

@@ -138,12 +138,6 @@ def plugin_dir(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.fixture
-def api():
-    with BoefjeAPIServer() as server:
-        yield server
-
-
 def running_task(api: BoefjeAPIServer, boefje_id: str, **kwargs) -> str:
     """Enqueue a task and set it running, as OpenKAT does before it starts a one-shot container."""
     task_id = api.enqueue(make_task(boefje_id, **kwargs))

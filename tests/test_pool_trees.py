@@ -6,7 +6,6 @@ zombie piles up). Real pools, the real CLI, real signals.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -35,16 +34,6 @@ IMAGE = "ghcr.io/example/trees-test:latest"
 @pytest.fixture
 def pool_options():
     return {"registry": abuse_boefjes.registry(), "pool_size": 1, "poll_interval": 0.1}
-
-
-@pytest.fixture
-def strays():
-    """Pids a boefje started; SIGKILLed after the test whatever it found (a failure must not leak them)."""
-    pids: list[int] = []
-    yield pids
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
 
 
 def daemonizing_task(tmp_path: Path, then: str = "hang", **arguments) -> tuple[dict, Path]:

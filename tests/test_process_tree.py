@@ -6,7 +6,6 @@ group leader), which writes the pids it started to a JSON file the test reads.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -105,16 +104,6 @@ def start(tmp_path: Path, code: str) -> tuple[subprocess.Popen, dict]:
     process = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), str(pid_file)])
     wait_until(pid_file.exists, what="the tree to be started")
     return process, json.loads(pid_file.read_text())
-
-
-@pytest.fixture
-def strays():
-    """Pids to SIGKILL after the test whatever happened (a failed test must not leave them running)."""
-    pids: list[int] = []
-    yield pids
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
 
 
 def test_kill_tree_ends_a_daemon_that_double_forked_and_left_its_session(tmp_path, strays):

@@ -38,7 +38,7 @@ from boefje_runtime.retry import NO_RETRY
 from boefje_runtime.testing import BoefjeAPIServer, make_task
 
 from . import abuse_boefjes
-from .helpers import IMAGE, run_cli, write_plugin
+from .helpers import IMAGE, run_cli, running_task, write_plugin
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -46,12 +46,6 @@ pytestmark = pytest.mark.timeout(120)
 SECRET = "planted-s3cr3t-7c1e"
 ODD_SECRET = 'odd"s3cr3t\\with\tescapes-é'
 API_TOKEN = "s3cr3t-token"
-
-
-def running_task(api: BoefjeAPIServer, boefje_id: str, **kwargs) -> str:
-    task_id = api.enqueue(make_task(boefje_id, **kwargs))
-    api.set_status(task_id, "running")
-    return task_id
 
 
 @pytest.fixture

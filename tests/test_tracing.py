@@ -17,11 +17,11 @@ import pytest
 from boefje_runtime.config import RuntimeConfig
 from boefje_runtime.exit_codes import ExitCode
 from boefje_runtime.oneshot import run_oneshot
-from boefje_runtime.testing import BoefjeAPIServer, make_task
+from boefje_runtime.testing import make_task
 from boefje_runtime.tracing import INSTALL_HINT, PopTrace, Tracing, available, traceparent
 
 from . import helpers
-from .helpers import write_plugin
+from .helpers import running_task, write_plugin
 
 if available():
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -57,18 +57,6 @@ def plugins(tmp_path: Path) -> Path:
     write_plugin(root / "raiser", RAISER, id="raiser", oci_image="test/raiser:latest")
     write_plugin(root / "otel_modules", OTEL_MODULES, id="otel-modules", oci_image="test/otel:latest")
     return root
-
-
-@pytest.fixture
-def api():
-    with BoefjeAPIServer() as server:
-        yield server
-
-
-def running_task(api: BoefjeAPIServer, boefje_id: str, **kwargs) -> str:
-    task_id = api.enqueue(make_task(boefje_id, **kwargs))
-    api.set_status(task_id, "running")
-    return task_id
 
 
 def by_name(spans) -> dict[str, object]:
