@@ -756,6 +756,51 @@ def test_stop_cuts_open_keep_alive_connections():
         api.stop()
 
 
+class _HeldAtArrival(BoefjeAPIServer):
+    """Holds each pop after its request was read, before it is answered, until the test lets go."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrived, self.go_on = threading.Event(), threading.Event()
+
+    def _arrival(self, endpoint, *, routed):
+        fault = super()._arrival(endpoint, routed=routed)
+        if endpoint == "pop":
+            self.arrived.set()
+            self.go_on.wait(TIMEOUT)
+        return fault
+
+
+def test_a_pop_read_before_stop_hands_out_no_task_after_it():
+    # Given a pop that the API has read but not yet answered
+    api = _HeldAtArrival().start()
+    try:
+        task_id = api.enqueue(make_task("hello"))
+        answers: list = []
+        popping = threading.Thread(target=lambda: answers.append(_pop_or_error(api.url)), daemon=True)
+        popping.start()
+        assert api.arrived.wait(TIMEOUT)
+
+        # When the API stops (its connections cut) and only then goes on with that pop
+        api.stop()
+        api.go_on.set()
+        popping.join(TIMEOUT)
+
+        # Then the pop went unanswered and the task is still queued: nobody could have received it
+        assert isinstance(answers[0], requests.ConnectionError), answers
+        assert api.status(task_id) == "queued"
+    finally:
+        api.go_on.set()
+        api.stop()
+
+
+def _pop_or_error(url: str):
+    try:
+        return requests.post(f"{url}/api/v0/scheduler/boefje/pop", json={"filters": []}, timeout=TIMEOUT).json()
+    except requests.RequestException as exc:
+        return exc
+
+
 def test_start_is_fast_and_the_context_manager_stops(http):
     started = time.monotonic()
     with BoefjeAPIServer() as api:

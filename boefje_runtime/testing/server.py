@@ -29,7 +29,7 @@ from .faults import ENDPOINTS, MALFORMED_BODY, Fault, RequestRecord, make_fault,
 from .parsing import STATUSES, _limit, _output_record, _patch_status, _pop_filters, _pushed_task, _Reply, _required
 from .report import task_report
 from .store import QUEUES, TaskStore
-from .transport import _bind, _HTTPServer
+from .transport import _bind, _Gone, _HTTPServer
 
 # Fault, RequestRecord and the constants stay importable from here, where they always were.
 __all__ = ["DEFAULT_MAX_BODY", "ENDPOINTS", "MALFORMED_BODY", "POP_MODES", "QUEUES", "STATUSES",
@@ -88,6 +88,8 @@ class BoefjeAPIServer(TaskAssertions):
         self._faults: list[Fault] = []
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
+        #: Between start() and stop(); changed and read under _lock (see _pop).
+        self._serving = False
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -99,6 +101,8 @@ class BoefjeAPIServer(TaskAssertions):
         httpd.api = self
         self._port = httpd.server_address[1]
         self._httpd = httpd
+        with self._lock:
+            self._serving = True
         self._thread = threading.Thread(target=httpd.serve, name=f"boefje-api:{self._port}", daemon=True)
         self._thread.start()
         return self
@@ -111,6 +115,8 @@ class BoefjeAPIServer(TaskAssertions):
         httpd, thread = self._httpd, self._thread
         if httpd is None:
             return
+        with self._lock:  # from here no pop hands out a task (see _pop)
+            self._serving = False
         self._httpd = self._thread = None
         httpd.wake_and_stop()
         if thread is not None:
@@ -366,6 +372,11 @@ class BoefjeAPIServer(TaskAssertions):
 
     def _pop(self, queue: str, limit: int, filters: Any) -> list[dict[str, Any]]:
         with self._lock:
+            if not self._serving:
+                # stop() came while this request was being read: its connection is cut, so nobody
+                # would receive the tasks. A stopped API process hands out none either; dispatching
+                # them here left a task stuck dispatched after every "outage" that hit a pop.
+                raise _Gone
             return self._tasks.pop(queue, limit, filters, mode=self.pop_mode, strip_keys=self.strip_dedup_keys)
 
     def _push(self, queue: str, body: Any) -> dict[str, Any]:

@@ -82,6 +82,10 @@ def _bind(host: str, port: int) -> _HTTPServer:
     return _HTTPServer((host, 0), _Handler)
 
 
+class _Gone(Exception):
+    """The API was stopped while this request was read: it goes unanswered, its connection closed."""
+
+
 class _HTTPServer(StoppableHTTPServer):
     """Tracks open connections so ``stop()`` can cut them, like a real outage."""
 
@@ -193,6 +197,8 @@ class _Handler(BaseHTTPRequestHandler):
             status = 200
         except _Reply as reply:
             status, payload = reply.status, {"detail": reply.detail}
+        except _Gone:
+            return None, None, None, {}
         except Exception:  # a bug in this server: answer 500 and keep it for the test to see
             api.errors.append(traceback.format_exc())
             status, payload = 500, {"detail": "test API internal error (see BoefjeAPIServer.errors)"}
