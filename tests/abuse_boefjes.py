@@ -72,7 +72,8 @@ def fork_and_leave(meta: dict) -> list:
     sleeper = subprocess.Popen(["sleep", str(lifetime)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     pids.append(sleeper.pid)
-    Path(arguments["pid_file"]).write_text(json.dumps({"worker": os.getpid(), "children": pids}))
+    Path(arguments["pid_file"] + ".tmp").write_text(json.dumps({"worker": os.getpid(), "children": pids}))
+    os.rename(arguments["pid_file"] + ".tmp", arguments["pid_file"])  # a test must never read it half written
     if arguments.get("then") == "exit":
         os._exit(3)
     return [({"text/plain"}, b"forked")]
@@ -156,7 +157,8 @@ def run_scanner(meta: dict) -> list:
     deadline = time.monotonic() + 10
     while not os.path.exists(marker) and time.monotonic() < deadline:  # its handler is in place
         time.sleep(0.01)
-    Path(arguments["pid_file"]).write_text(json.dumps({"worker": os.getpid(), "children": [scanner.pid]}))
+    Path(arguments["pid_file"] + ".tmp").write_text(json.dumps({"worker": os.getpid(), "children": [scanner.pid]}))
+    os.rename(arguments["pid_file"] + ".tmp", arguments["pid_file"])  # a test must never read it half written
     code = scanner.wait(60)
     return [({"text/plain"}, f"scanner ended with {code}".encode())]
 

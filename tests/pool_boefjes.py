@@ -29,7 +29,9 @@ def boom(meta: dict) -> list:
 def hold(meta: dict) -> list:
     """Write our pid, then wait (bounded) until the test creates the release file."""
     arguments = meta["arguments"]
-    Path(arguments["pid_file"]).write_text(str(os.getpid()))
+    # written whole, then renamed: a test that sees the file must never read it empty (it did, under load)
+    Path(arguments["pid_file"] + ".tmp").write_text(str(os.getpid()))
+    os.rename(arguments["pid_file"] + ".tmp", arguments["pid_file"])
     release = Path(arguments["release_file"])
     deadline = time.monotonic() + arguments.get("max_wait", DEADLINE)
     while not release.exists() and time.monotonic() < deadline:
