@@ -420,3 +420,15 @@ def test_a_worker_parks_inherited_sockets_so_no_old_object_can_close_a_new_file(
         other.close()
         for fd in (report_r, report_w, go_r, go_w):
             os.close(fd)
+
+
+def test_burst_mode_tells_idle_workers_to_stop_in_the_step_that_finds_the_queue_empty(boefje_api, pool_of):
+    # Given a burst-mode pool of 2 with nothing queued, its workers idle
+    pool, clock = pool_of(pool_size=2, burst=True)
+
+    # When it steps until it sees the empty queue and begins the drain
+    step_until(pool, clock, lambda: pool.phase != "running", "the drain to begin", tick=0.0)
+
+    # Then that same step told every idle worker to leave (no heartbeat's wait first: a burst run, a
+    # task limit, ended a second late, every time)
+    assert [worker.state for worker in pool.workers] == [WorkerState.STOPPING] * 2

@@ -250,7 +250,9 @@ class WorkerPool:
             if self._poller.pops.answered:
                 self._collect_pops(now)
                 self._dispatch(now)
-        elif self._phase is Phase.DRAINING:
+        # not elif: the poll above may have begun the drain (task limit, burst mode), and its idle
+        # workers are told to stop now, not a heartbeat later
+        if self._phase is Phase.DRAINING:
             self._drain(now)
         busy = sum(1 for worker in self.workers if worker.holds_task)
         emit(self.listeners, "workers_changed", busy, len(self.workers) - busy)
