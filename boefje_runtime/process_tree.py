@@ -94,10 +94,14 @@ class ProcStat(NamedTuple):
 
 def proc_stat(pid: int) -> ProcStat | None:
     """``pid``'s state, parent, process group and session; None when it is gone (or not Linux)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        return ProcStat(fields[0], int(fields[1]), int(fields[2]), int(fields[3]))
+    try:  # os.open/os.read, not open(): 3 system calls instead of 8 (a scan of /proc reads hundreds)
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            data = os.read(fd, 4096)  # a few hundred bytes: the command name is at most 16
+        finally:
+            os.close(fd)
+        fields = data.rsplit(b")", 1)[1].split()
+        return ProcStat(fields[0].decode("ascii"), int(fields[1]), int(fields[2]), int(fields[3]))
     except (OSError, ValueError, IndexError):
         return None
 
