@@ -241,6 +241,11 @@ def kill_children(timeout: float = 2.0) -> int:
             return killed
 
 
+#: Linux's ``__WALL``: wait for every child, also a "clone child" (one made by a raw ``clone(2)``
+#: whose exit signal is not SIGCHLD), which a plain wait neither sees nor reaps.
+_WAIT_ALL = 0x40000000 if sys.platform.startswith("linux") else 0
+
+
 def has_children() -> bool:
     """Whether this process has any child (running, or ended and not reaped), without reaping one.
 
@@ -248,10 +253,10 @@ def has_children() -> bool:
     subreaper) or to init, and is then not ours to find by walking either.
     """
     try:
-        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT | _WAIT_ALL)
     except ChildProcessError:
         return False
-    except AttributeError:  # pragma: no cover - no waitid: walk /proc
+    except (AttributeError, OSError):  # pragma: no cover - no waitid (or no __WALL): walk /proc
         return bool(children(os.getpid()))
     return True
 
@@ -260,7 +265,7 @@ def _reap_all(end: float) -> None:
     """Reap every child of this process that ends before ``end`` (the caller owns all of them)."""
     while True:
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
+            pid, _ = os.waitpid(-1, os.WNOHANG | _WAIT_ALL)
         except ChildProcessError:
             return
         if pid == 0:

@@ -238,6 +238,36 @@ def test_has_children_sees_a_running_child_and_an_unreaped_one_and_reaps_neither
     assert json.loads(result.stdout) == [False, True, True, True, False], result.stderr
 
 
+#: clone(2)'s system call number, where this test knows it.
+CLONE_SYSCALL = {"x86_64": 56, "aarch64": 220}.get(os.uname().machine)
+
+
+@pytest.mark.skipif(CLONE_SYSCALL is None or not sys.platform.startswith("linux"), reason="raw clone(2) on Linux")
+def test_kill_children_finds_a_clone_child_whose_exit_signal_is_not_sigchld():
+    # Given a process with one child made by a raw clone(2) with exit signal 0 (a "clone child":
+    # invisible to a wait without __WALL)
+    code = f"""
+        import ctypes, json, os, time
+        from boefje_runtime import process_tree
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        pid = libc.syscall({CLONE_SYSCALL}, ctypes.c_ulong(0), ctypes.c_ulong(0), None, None, ctypes.c_ulong(0))
+        if pid == 0:
+            time.sleep(30)
+            os._exit(0)
+        process_tree.become_subreaper()
+        found = process_tree.has_children()
+        killed = process_tree.kill_children()
+        print(json.dumps({{"pid": pid, "found": found, "killed": killed, "left": os.path.exists(f"/proc/{{pid}}")}}))
+    """
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                            timeout=30)
+
+    # Then kill_children saw it, killed it and reaped it (not even a zombie is left)
+    report = json.loads(result.stdout)
+    assert (report["found"], report["killed"], report["left"]) == (True, 1, False), result.stderr
+
+
 def test_own_process_group_makes_a_forked_child_lead_its_session_and_group():
     read_end, write_end = os.pipe()
     pid = os.fork()
