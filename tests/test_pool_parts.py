@@ -422,13 +422,25 @@ def test_a_worker_parks_inherited_sockets_so_no_old_object_can_close_a_new_file(
             os.close(fd)
 
 
-def test_burst_mode_tells_idle_workers_to_stop_in_the_step_that_finds_the_queue_empty(boefje_api, pool_of):
-    # Given a burst-mode pool of 2 with nothing queued, its workers idle
-    pool, clock = pool_of(pool_size=2, burst=True)
+def test_burst_mode_tells_idle_workers_to_stop_in_the_step_that_finds_the_queue_empty(boefje_api):
+    # Given a burst-mode pool of 2 with nothing queued, stepped on a fake clock
+    clock = FakeClock()
+    pool = WorkerPool(BoefjeAPIClient(boefje_api.url), TaskFilter([pool_boefjes.IMAGE]),
+                      registry=pool_boefjes.registry(),
+                      settings=PoolSettings(pool_size=2, burst=True, poll_interval=10.0, shutdown_timeout=5.0),
+                      clock=clock)
+    try:
+        # When it steps until a step sees the empty queue and begins the drain
+        deadline = time.monotonic() + 10
+        while pool.phase in ("new", "running"):
+            assert time.monotonic() < deadline, "the pool never saw the empty queue"
+            clock.now += 0.01
+            pool.step()
+            time.sleep(0.005)  # real processes boot in real time
 
-    # When it steps until it sees the empty queue and begins the drain
-    step_until(pool, clock, lambda: pool.phase != "running", "the drain to begin", tick=0.0)
-
-    # Then that same step told every idle worker to leave (no heartbeat's wait first: a burst run, a
-    # task limit, ended a second late, every time)
-    assert [worker.state for worker in pool.workers] == [WorkerState.STOPPING] * 2
+        # Then that same step told every idle worker to leave (not a heartbeat later: a burst run,
+        # or a task limit, ended a second late every time)
+        assert [worker for worker in pool.workers if worker.state is WorkerState.IDLE] == []
+        assert any(worker.state is WorkerState.STOPPING for worker in pool.workers)
+    finally:
+        stop_stepped(pool, clock)
