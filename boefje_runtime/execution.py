@@ -98,7 +98,7 @@ def execute(boefje: Boefje, boefje_meta: Mapping[str, Any] | Any, *,
     few per cent of a trivial task's CPU.
     """
     started_at, clock = utc_now(), time.monotonic()
-    meta = _meta_for_run(boefje_meta, started_at, copy_nested=not handed_over)
+    meta = _meta_for_run(boefje_meta, started_at, handed_over=handed_over)
     ref = meta.get("boefje") if meta is not None else None
     # The task's id and version make the default tags, as in OpenKAT: the package found through
     # the oci_image fallback may carry another id than the one the task asked for.
@@ -147,12 +147,12 @@ def _outcome(boefje: Boefje, meta: dict[str, Any] | None, limit: int | None, boe
     return BoefjeOutput(OutputStatus.COMPLETED, _files(items, boefje_id, version, secrets)), None
 
 
-def _meta_for_run(boefje_meta: Any, started_at: datetime, *, copy_nested: bool = True) -> dict[str, Any] | None:
+def _meta_for_run(boefje_meta: Any, started_at: datetime, *, handed_over: bool = False) -> dict[str, Any] | None:
     if not isinstance(boefje_meta, Mapping) and callable(getattr(boefje_meta, "to_dict", None)):
         boefje_meta = boefje_meta.to_dict()
     if not isinstance(boefje_meta, Mapping):
         return None
-    if not copy_nested:
+    if handed_over:
         meta = dict(boefje_meta)
         meta["started_at"] = started_at.isoformat()
         return meta

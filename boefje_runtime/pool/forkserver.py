@@ -406,7 +406,8 @@ def _die_with_parent(parent_pid: int) -> bool:
 
 
 def _readable(fd: int, timeout: float | None) -> bool:
-    """One ``poll``: cheap enough for the supervisor to ask every worker on every step."""
+    """Whether ``fd`` is readable within ``timeout`` seconds (None: wait); for the rare calls (an
+    exit code, a join); the reaper's check every step has its own prebuilt poll (``ended``)."""
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     try:

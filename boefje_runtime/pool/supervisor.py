@@ -266,10 +266,10 @@ class WorkerPool:
 
     def _begin(self, now: float) -> None:
         self._phase = Phase.RUNNING
-        # What is alive now (imports, the registry) outlives every worker: freeze it once, so no
-        # child's garbage collector writes to those shared pages (PSS stays flat; measured 14 %
-        # growth over 10,000 tasks without). Collect first, so no garbage is frozen with it.
-        gc.collect()
+        # What is alive now (imports, the registry) lives as long as the pool: frozen, the
+        # supervisor's own collections never walk it again, nor write to the pages it still shares
+        # with the fork server (the workers were frozen there: forkserver.py). Not collected first,
+        # for the fork server's reason: a collection's holes are where new objects land.
         gc.freeze()
         self._reaper.begin()
         logger.info("Created worker pool for queue '%s'", self.settings.queue)
