@@ -21,6 +21,7 @@ root and its group are signalled.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import sys
@@ -33,6 +34,7 @@ __all__ = [
     "become_subreaper",
     "children",
     "descendants",
+    "die_with_parent",
     "is_subreaper",
     "kill_children",
     "kill_tree",
@@ -42,6 +44,7 @@ __all__ = [
     "session_members",
 ]
 
+_PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 _PR_GET_CHILD_SUBREAPER = 37
 
@@ -50,12 +53,27 @@ _PR_GET_CHILD_SUBREAPER = 37
 STOP_BOUND = 1.0
 
 
+@functools.cache
+def _libc():
+    """The C library, loaded once: one-shot asks prctl five times a run (ctypes is imported here,
+    on first use, not by every importer of this module)."""
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def _prctl(option: int, arg: int) -> int | None:
     if not sys.platform.startswith("linux"):
         return None
-    import ctypes
+    return _libc().prctl(option, arg, 0, 0, 0)
 
-    return ctypes.CDLL(None, use_errno=True).prctl(option, arg, 0, 0, 0)
+
+def die_with_parent(parent_pid: int) -> bool:
+    """Be SIGKILLed when the parent dies (Linux); call first thing in a forked child, so a parent
+    that is SIGKILLed leaves nothing of ours running. False when the parent is gone already (it died
+    between the fork and this call, before the kernel could tie us to it): then leave at once."""
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    return os.getppid() == parent_pid
 
 
 def become_subreaper(on: bool = True) -> bool:
@@ -69,8 +87,7 @@ def is_subreaper() -> bool:
     import ctypes
 
     value = ctypes.c_int(0)
-    libc = ctypes.CDLL(None, use_errno=True)
-    return libc.prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(value), 0, 0, 0) == 0 and value.value != 0
+    return _libc().prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(value), 0, 0, 0) == 0 and value.value != 0
 
 
 def own_process_group() -> None:

@@ -29,7 +29,6 @@ import os
 import pickle
 import select
 import signal
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -43,7 +42,6 @@ from .stop_signals import STOP_SIGNALS, StopSignals
 
 #: The child's exit code when it could not even send its result (a bug of ours or a pickling error).
 _CHILD_FAILED = 70
-_PR_SET_PDEATHSIG = 1
 #: How long the parent waits for the processes it killed to be reaped.
 _REAP_BOUND = 5.0
 #: How often the wait looks for the child's exit where there is no pidfd.
@@ -95,7 +93,7 @@ def run_in_child(boefje: Boefje, meta: Mapping[str, Any], *, max_output_bytes: i
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child; coverage does not follow a fork
             os.close(read_fd)
-            _child(write_fd, boefje, meta, max_output_bytes)
+            _child(write_fd, me, boefje, meta, max_output_bytes)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     os.close(write_fd)
@@ -176,7 +174,7 @@ def _pidfd(pid: int) -> int | None:
         return None
 
 
-def _child(write_fd: int, boefje: Boefje, meta: Mapping[str, Any],
+def _child(write_fd: int, parent_pid: int, boefje: Boefje, meta: Mapping[str, Any],
            max_output_bytes: int | None) -> None:  # pragma: no cover - runs in the child
     code = _CHILD_FAILED
     try:
@@ -185,7 +183,8 @@ def _child(write_fd: int, boefje: Boefje, meta: Mapping[str, Any],
         signal.set_wakeup_fd(-1)
         for signum in STOP_SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
-        _die_with_parent()
+        if not process_tree.die_with_parent(parent_pid):  # a SIGKILLed one-shot leaves no boefje running
+            return
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         result = execute(boefje, meta, max_output_bytes=max_output_bytes)
         left_behind = process_tree.kill_children()
@@ -248,14 +247,3 @@ def describe_status(status: int, oom: OomCounter | None = None) -> str:
     code = os.waitstatus_to_exitcode(status)
     text = describe_exit(code, oom_kills=oom.new_kills() if oom is not None and code < 0 else 0)
     return f"{text} without a result" if code >= 0 else text
-
-
-# -- the child's tie to its parent ---------------------------------------------------------------
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    """A SIGKILLed one-shot process must not leave its boefje running."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)

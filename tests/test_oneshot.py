@@ -575,6 +575,23 @@ def test_a_stop_signal_kills_the_boefje_and_its_child_and_fails_the_task(api, pl
     assert_gone(*pids)
 
 
+def test_a_sigkilled_one_shot_process_takes_its_boefje_with_it(api, plugin_dir, tmp_path):
+    """SIGKILL cannot be handled: the kernel ends the boefje's process (PR_SET_PDEATHSIG). What that
+    process started is orphaned, out of our reach (a SIGTERM kills it too, see above)."""
+    pid_file = tmp_path / "pids"
+    task_id = running_task(api, "spawner", arguments={"pid_file": str(pid_file)})
+    with one_shot_process(api, plugin_dir, task_id) as process:
+        boefje_pid, child_pid = spawner_pids(pid_file)
+        try:
+            process.kill()
+            process.wait(timeout=30)  # not communicate(): the orphan holds its stderr open
+            assert_gone(boefje_pid)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child_pid, signal.SIGKILL)  # the orphan: not the test's subject
+            process.stderr.close()
+
+
 # -- the output -------------------------------------------------------------------------------
 
 
