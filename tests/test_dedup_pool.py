@@ -151,13 +151,14 @@ def test_against_a_scheduler_honouring_the_limit_the_pool_holds_no_more_than_it_
     boefje_api, make_pool, caplog, pop_ahead
 ):
     pool_size, prefetch = 2, 1
-    most_dispatched = []
+    snapshots: list[dict[str, int]] = []
     patch = boefje_api._patch
 
     def watching_patch(task_id, body):
-        # At a worker's PATCH running, every earlier pop has been settled: what is dispatched now is
-        # what the pool holds (plus this task).
-        most_dispatched.append(sum(1 for status in boefje_api.statuses().values() if status == "dispatched"))
+        # At a worker's PATCH running: which tasks are dispatched, and how far each one's history had
+        # come (the last status of a history is the task's status, read under one lock)
+        histories = {other: boefje_api.history(other) for other in ids}
+        snapshots.append({other: len(history) for other, history in histories.items() if history[-1] == "dispatched"})
         return patch(task_id, body)
 
     boefje_api._patch = watching_patch
@@ -167,6 +168,14 @@ def test_against_a_scheduler_honouring_the_limit_the_pool_holds_no_more_than_it_
         make_pool(pool_size=pool_size, prefetch=prefetch, pop_ahead=pop_ahead).start()
         boefje_api.wait_for_status(ids, "completed", timeout=WAIT)
 
+    # What the pool held at each PATCH: the dispatched tasks less the surplus on its way back (the
+    # next status of its history is "queued"). The first pop's surplus is pushed back over several
+    # of the finalizer's steps (each has a time budget), so under load a worker may PATCH running
+    # before all of it is back (14 dispatched at the first PATCH, against a bound of 3, under xdist).
+    def held(snapshot: dict[str, int]) -> int:
+        return sum(1 for other, seen in snapshot.items() if boefje_api.history(other)[seen:seen + 1] != ["queued"])
+
+    most_dispatched = [held(snapshot) for snapshot in snapshots]
     assert max(most_dispatched) <= HOLD_BOUND[pop_ahead](pool_size, prefetch)
     switched = [record for record in caplog.records if "unrelated tasks" in record.getMessage()]
     assert len(switched) == 1, "the switch to popping for the free workers is logged once"
