@@ -16,9 +16,11 @@ SIGTERM, SIGINT and SIGHUP end it for sure: its whole process tree is killed, a 
 cause is posted, and the exit code says which (TASK_TIMED_OUT, INTERRUPTED). A signal that arrives
 after the boefje has finished does not throw its result away: the output is still delivered.
 
-How hard an output POST tries depends on what it carries (:class:`Delivery`): a completed result gets
-the normal retry policy; a FAILED output, whatever failed, only closes the task and gets the short
-:data:`CLOSE_POLICY` (about 8 s at worst). A second stop signal ends either at once (exit 9).
+How hard an output POST tries depends on why it is sent (:class:`Delivery`): what the run came to
+(a completed result, a failed boefje, a boefje this image lacks) gets the normal retry policy,
+because in one-shot nobody else closes the task; closing it after ``TASK_TIMEOUT`` or a stop signal
+gets the short :data:`CLOSE_POLICY` (about 8 s at worst). A second stop signal ends either at once
+(exit 9).
 
 No task left running (protocol.md): when the boefje is not in this image (or its plugin is
 broken) we still post a FAILED output with an ``error/boefje`` file saying so, because the API
@@ -71,22 +73,17 @@ CLOSE_REQUEST_TIMEOUT = 2.0
 
 
 class Delivery(enum.Enum):
-    """How hard an output POST tries; :func:`delivery_for` is the one place that picks it."""
+    """How hard an output POST tries, by why it is sent (a second stop signal ends either)."""
 
-    #: The boefje's completed result: the normal retry policy (``OUTGOING_REQUEST_TIMEOUT`` per
-    #: request, about a minute in all), because the scan's files are lost if they do not land.
-    #: A second stop signal ends it all the same.
+    #: What the run came to: the boefje's result, completed or failed (it raised, its process died),
+    #: or a task this image cannot run. The normal retry policy (``OUTGOING_REQUEST_TIMEOUT`` per
+    #: request, about a minute in all): in one-shot nobody else closes the task, so an API that is
+    #: down for a few seconds must not leave it ``running`` for good (a completed result's files
+    #: would be lost besides).
     RESULT = "result"
-    #: A FAILED output, whatever failed (the boefje, its process, ``TASK_TIMEOUT``, a stop signal, a
-    #: missing plugin, we): :data:`CLOSE_POLICY`, and a second stop signal ends it. It only closes
-    #: the task; the exit code tells the orchestrator what happened anyway, so a one-shot container
-    #: must not hang for minutes on an API that does not answer.
+    #: Closing the task after ``TASK_TIMEOUT`` or a stop signal: :data:`CLOSE_POLICY`, within a
+    #: container runtime's grace after its SIGTERM (the time the operator allowed is up).
     CLOSE = "close"
-
-
-def delivery_for(output: BoefjeOutput) -> Delivery:
-    """RESULT for a COMPLETED output, CLOSE for a FAILED one (see :class:`Delivery`)."""
-    return Delivery.RESULT if output.status is OutputStatus.COMPLETED else Delivery.CLOSE
 
 
 def origin(url: str) -> tuple[str, str, int]:
@@ -257,7 +254,7 @@ class _OneShot:
         logger.info(
             "Task %s: output delivered (%s)", outcome, self.output_url,
             extra={"outcome": outcome, "exit": exit_kind, "duration_s": round(child.duration, 3),
-                   "status_code": self.client(self.output_url, delivery_for(output)).last_status_code},
+                   "status_code": self.client(self.output_url).last_status_code},
         )
         return ExitCode.OK
 
@@ -286,7 +283,7 @@ class _OneShot:
             why, code = f"the one-shot process received {child.detail}", ExitCode.INTERRUPTED
             line = f"Task {self.task.id} interrupted by {child.detail}; killed the boefje's processes"
         output = failure_output(ref.id, ref.version, f"boefje-runtime stopped this task: {why}")
-        closing = self._try_close(output)
+        closing = self._try_close(output, Delivery.CLOSE)
         raise _Failure(code, line + closing, outcome="failed" if self.delivered else "abandoned",
                        exit="timed_out" if child.ending is Ending.TIMED_OUT else "interrupted",
                        duration_s=round(child.duration, 3))
@@ -345,13 +342,13 @@ class _OneShot:
                            outcome="failed" if self.delivered else "abandoned", exit="not_found",
                            duration_s=0.0) from None
 
-    def deliver(self, output: BoefjeOutput) -> None:
-        """POST ``output`` as :func:`delivery_for` says. Raises :class:`SecondSignal` when a second
+    def deliver(self, output: BoefjeOutput, delivery: Delivery = Delivery.RESULT) -> None:
+        """POST ``output`` as ``delivery`` says. Raises :class:`SecondSignal` when a second
         stop signal arrives (or had arrived) meanwhile: an operator who asks twice wants out, result
         or not (a first one, after the boefje finished, lets the POST go on)."""
         assert self.output_url is not None
         with self.signals.second_ends_wait():
-            self.client(self.output_url, delivery_for(output)).deliver_output(self.output_url, output)
+            self.client(self.output_url, delivery).deliver_output(self.output_url, output)
         self.delivered = True
 
     def end_trace(self, code: ExitCode) -> None:
@@ -363,10 +360,10 @@ class _OneShot:
 
     # -- closing a task that cannot run ---------------------------------------------------------
 
-    def _try_close(self, output: BoefjeOutput) -> str:
+    def _try_close(self, output: BoefjeOutput, delivery: Delivery = Delivery.RESULT) -> str:
         """Post a FAILED output so the task is not left running; returns what to add to the error line."""
         try:
-            self.deliver(output)
+            self.deliver(output, delivery)
         except APIError as exc:
             return f"; marking the task failed did not work either: {_reason(exc)}"
         except SecondSignal:
