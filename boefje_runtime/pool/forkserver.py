@@ -47,13 +47,14 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+from .. import process_tree
+from ..process_exit import exit_now
 from .worker import close_inherited_sockets
 
 logger = logging.getLogger("boefje_runtime.pool")
 
 _PID = struct.Struct("q")
 _STATUS = struct.Struct("i")
-_PR_SET_PDEATHSIG = 1
 #: Signals the fork server never acts on: a Ctrl-C or a SIGTERM is the supervisor's to handle (it
 #: stops the workers, then closes us); held back around forks so no child runs a parent's handler.
 _BLOCKED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
@@ -173,7 +174,7 @@ class ForkServer:
                 except BaseException:
                     traceback.print_exc()
                 finally:
-                    os._exit(code)
+                    os._exit(code)  # no flush: what its buffers hold is the supervisor's, not its own
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         theirs.close()
@@ -255,7 +256,7 @@ def _serve(control: socket.socket, main: WorkerMain, spec: Any, supervisor_pid: 
     signal.set_wakeup_fd(-1)  # the supervisor's wake-up pipe is not ours
     for signum in _BLOCKED:
         signal.signal(signum, signal.SIG_IGN)
-    if not _die_with_parent(supervisor_pid):
+    if not process_tree.die_with_parent(supervisor_pid):
         return 0
     # A listening socket of the embedding program (or the supervisor's HTTP connections) held here
     # would keep its port taken after its owner closed it; the workers do the same for themselves.
@@ -335,10 +336,10 @@ def _fork_worker(main: WorkerMain, spec: Any, conn_fd: int, close_in_child: set[
         for fd in close_in_child:
             with contextlib.suppress(OSError):
                 os.close(fd)
-        if _die_with_parent(parent_pid):  # whatever ``main`` does: no worker outlives this server
+        if process_tree.die_with_parent(parent_pid):  # whatever ``main`` does: no worker outlives this server
             code = _run_worker(main, spec, conn_fd, parent_pid)
     finally:
-        os._exit(code)
+        exit_now(code)
 
 
 def _run_worker(main: WorkerMain, spec: Any, conn_fd: int, parent_pid: int) -> int:
@@ -358,10 +359,6 @@ def _run_worker(main: WorkerMain, spec: Any, conn_fd: int, parent_pid: int) -> i
         code = 1
         sys.stderr.write(f"Worker process {os.getpid()}:\n")
         traceback.print_exc()
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
     return code
 
 
@@ -390,16 +387,6 @@ def _exit_code(info: os.waitid_result) -> int:
     if info.si_code == os.CLD_EXITED:
         return info.si_status
     return -info.si_status
-
-
-def _die_with_parent(parent_pid: int) -> bool:
-    """SIGKILL when the parent dies: the fork server with its supervisor (a SIGKILLed supervisor
-    leaves nothing running), a worker with its fork server. False when the parent is already gone."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    return os.getppid() == parent_pid
 
 
 # -- small helpers ---------------------------------------------------------------------------------

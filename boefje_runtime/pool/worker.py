@@ -14,7 +14,6 @@ import os
 import select
 import signal
 import stat
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +33,6 @@ from .limits import retire_reason
 
 logger = logging.getLogger("boefje_runtime.worker")
 
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -69,18 +67,6 @@ def install_signals() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
-
-
-def die_with_parent(parent_pid: int) -> None:
-    """A worker must not outlive a supervisor that was SIGKILLed (a killed container must not leave
-    boefjes running unsupervised). Linux: the kernel sends us SIGKILL; elsewhere the loop polls."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent_pid:  # it died before prctl took effect
-        os._exit(0)
 
 
 def close_inherited_sockets(keep: int) -> None:
@@ -121,8 +107,7 @@ def close_inherited_sockets(keep: int) -> None:
 def worker_main(conn: Connection, spec: WorkerSpec, parent_pid: int) -> None:
     """Entry point of a forked worker process."""
     own_process_group()  # the supervisor can then end everything this worker's boefjes start
-    install_signals()
-    die_with_parent(parent_pid)
+    install_signals()  # (tied to the fork server's life before this: forkserver._fork_worker)
     close_inherited_sockets(conn.fileno())
     become_subreaper()
     bind(pid=os.getpid(), role="worker")
