@@ -35,6 +35,7 @@ from collections.abc import Iterable
 
 from ..exit_codes import ExitCode
 from ..models import Task
+from ..stop_signals import StopSignals
 from . import endings
 from .events import PoolEvents, emit
 from .exits import TaskExit, Ticket
@@ -43,7 +44,6 @@ from .lifecycle import WorkerState
 from .messages import stop
 from .process import WorkerHandle
 from .settings import PoolSettings
-from .signals import ShutdownSignals
 
 logger = logging.getLogger("boefje_runtime.pool")
 
@@ -54,7 +54,7 @@ FINALIZE_GRACE = 10.0
 class Shutdown:
     """Counts shutdown requests and runs the drain; the supervisor keeps the phase and the workers."""
 
-    def __init__(self, signals: ShutdownSignals, finalizer: Finalizer, settings: PoolSettings) -> None:
+    def __init__(self, signals: StopSignals, finalizer: Finalizer, settings: PoolSettings) -> None:
         self.signals = signals
         self.finalizer = finalizer
         self.settings = settings

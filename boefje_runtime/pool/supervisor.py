@@ -35,6 +35,7 @@ from ..filters import TaskFilter
 from ..models import Task
 from ..plugins import BoefjeRegistry
 from ..retry import RetryPolicy
+from ..stop_signals import StopSignals
 from ..tracing import NO_TRACING, NoTracing, PopTrace, PopTracer, Tracing, tracing_for
 from . import endings, timeouts
 from . import worker as w
@@ -50,7 +51,6 @@ from .process import Assignment, WorkerHandle, start_worker
 from .reaper import Reaper
 from .settings import PoolSettings
 from .shutdown import FINALIZE_GRACE, Shutdown
-from .signals import ShutdownSignals
 
 if TYPE_CHECKING:
     from ..config import RuntimeConfig
@@ -114,7 +114,7 @@ class WorkerPool:
         self._mailbox = Mailbox(self._finalizer, self._startup, self.listeners)
         adopt = self.settings.adopt_orphans or os.getpid() == 1
         self._reaper = Reaper(self._finalizer, self._startup, self.listeners, adopt=adopt)
-        self._signals = ShutdownSignals()
+        self._signals = StopSignals()
         self._shutdown = Shutdown(self._signals, self._finalizer, self.settings)
         self._phase = Phase.NEW
         self._thread: threading.Thread | None = None
