@@ -29,7 +29,7 @@ from boefje_runtime.testing import (
     make_task,
 )
 
-from .helpers import ROOT, b64
+from .helpers import ROOT, b64, wait_until
 
 TIMEOUT = 5  # seconds, on every HTTP call: a hung server fails a test instead of hanging it
 
@@ -263,6 +263,20 @@ def test_mula_mode_answers_one_task_without_keys_whatever_the_limit(boefje_api, 
     answers = [[task["id"] for task in pop(http, boefje_api, limit=10).json()] for _ in range(4)]
 
     assert answers == [[ids[0]], [ids[1]], [ids[2]], []]
+
+
+def test_mula_mode_sees_a_key_group_that_comes_back_to_the_queue(boefje_api, http):
+    """The store tracks which queued tasks have a key (so a pop without any need not scan the queue):
+    a keyed task put back to queued must be found before older keyless tasks again."""
+    keyless = boefje_api.enqueue([make_task(task_id=f"plain-{n}") for n in range(3)])
+    boefje_api.enqueue([make_task(deduplication_key="k", task_id="keyed")])
+    assert [task["id"] for task in pop(http, boefje_api, limit=10).json()] == ["keyed"]
+    assert [task["id"] for task in pop(http, boefje_api, limit=10).json()] == [keyless[0]]  # no key left
+
+    http.patch(f"{boefje_api.url}/api/v0/scheduler/tasks/keyed", json={"status": "queued"}, timeout=10)
+
+    assert [task["id"] for task in pop(http, boefje_api, limit=10).json()] == ["keyed"]
+    assert [task["id"] for task in pop(http, boefje_api, limit=10).json()] == [keyless[1]]
 
 
 def test_mula_mode_honours_the_limit_within_a_group_and_reads_the_key_in_data_too(boefje_api, http):
@@ -789,6 +803,48 @@ def test_a_pop_read_before_stop_hands_out_no_task_after_it():
         # Then the pop went unanswered and the task is still queued: nobody could have received it
         assert isinstance(answers[0], requests.ConnectionError), answers
         assert api.status(task_id) == "queued"
+    finally:
+        api.go_on.set()
+        api.stop()
+
+
+class _HeldAfterHandingOut(BoefjeAPIServer):
+    """Holds each pop after the store handed its tasks out, before its answer is written."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.handed_out, self.go_on = threading.Event(), threading.Event()
+
+    def _pop(self, queue, limit, filters):
+        tasks = super()._pop(queue, limit, filters)
+        self.handed_out.set()
+        self.go_on.wait(TIMEOUT)
+        return tasks
+
+
+def test_a_pop_that_handed_its_task_out_before_stop_is_answered_before_the_cut():
+    # Given a pop whose task the store has handed out (dispatched), its answer not yet written
+    api = _HeldAfterHandingOut().start()
+    try:
+        task_id = api.enqueue(make_task("hello"))
+        answers: list = []
+        popping = threading.Thread(target=lambda: answers.append(_pop_or_error(api.url)), daemon=True)
+        popping.start()
+        assert api.handed_out.wait(TIMEOUT)
+
+        # When the API stops meanwhile, and the pop then goes on
+        stopping = threading.Thread(target=api.stop, daemon=True)
+        stopping.start()
+        wait_until(lambda: not api._serving, what="stop() to begin")
+        api.go_on.set()
+        popping.join(TIMEOUT)
+        stopping.join(TIMEOUT)
+
+        # Then the client received the task it was handed (review finding: the cut left it
+        # dispatched with nobody holding it)
+        assert not stopping.is_alive() and not popping.is_alive()
+        assert isinstance(answers[0], list) and [task["id"] for task in answers[0]] == [task_id], answers
+        assert api.status(task_id) == "dispatched"
     finally:
         api.go_on.set()
         api.stop()
