@@ -5,10 +5,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -22,7 +20,7 @@ from hypothesis import settings
 from boefje_runtime.pool import WorkerPool
 from boefje_runtime.testing import BoefjeAPIServer
 
-from .helpers import new_pool
+from .helpers import Strays, new_pool
 
 TREES = Path(__file__).parent / "plugin_trees"
 
@@ -83,15 +81,13 @@ def api() -> Iterator[BoefjeAPIServer]:
 
 
 @pytest.fixture
-def strays() -> Iterator[list[int]]:
-    """Pids a test's processes started: SIGKILLed after the test whatever happened, so a failed test
-    cannot leave them running. Only these pids, never a search of the machine: under pytest-xdist
-    other tests' processes run beside ours."""
-    pids: list[int] = []
-    yield pids
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
+def strays() -> Iterator[Strays]:
+    """Pids a test's processes started (``strays.extend(pids)``): SIGKILLed after the test whatever
+    happened, so a failed test cannot leave them running. Only these processes, never a search of
+    the machine: under pytest-xdist other tests' processes run beside ours."""
+    recorded = Strays()
+    yield recorded
+    recorded.kill_all()
 
 
 # -- plugin trees ---------------------------------------------------------------------------------

@@ -11,8 +11,10 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -260,3 +262,28 @@ def write_plugin(folder: Path, code: str, **meta: Any) -> Path:
     (folder / "boefje.json").write_text(json.dumps(meta))
     (folder / "main.py").write_text(textwrap.dedent(code))
     return folder
+
+
+class Strays:
+    """Processes a test started, held by pidfd from the moment they are recorded: the kill after the
+    test reaches exactly them, never a process that reused a pid after they ended (under -n 4 the
+    pid-hopping tests fork thousands of processes a second, so a bare pid can be reused by then)."""
+
+    def __init__(self) -> None:
+        self.pids: list[int] = []
+        self._handles: list[int] = []
+
+    def extend(self, pids: Iterable[int]) -> None:
+        for pid in pids:
+            self.pids.append(pid)
+            try:
+                self._handles.append(os.pidfd_open(pid))
+            except (OSError, AttributeError):  # ended already (ESRCH), or no pidfd here: nothing to kill
+                continue
+
+    def kill_all(self) -> None:
+        for handle in self._handles:
+            with contextlib.suppress(ProcessLookupError, OSError):
+                signal.pidfd_send_signal(handle, signal.SIGKILL)
+            os.close(handle)
+        self._handles.clear()

@@ -21,7 +21,7 @@ import pytest
 from boefje_runtime import process_tree
 
 from . import abuse_boefjes
-from .helpers import CLI, alive, cli_env, error_text, task, wait_until, write_plugin
+from .helpers import CLI, Strays, alive, cli_env, error_text, task, wait_until, write_plugin
 
 pytestmark = [
     pytest.mark.timeout(90),
@@ -41,7 +41,7 @@ def daemonizing_task(tmp_path: Path, then: str = "hang", **arguments) -> tuple[d
     return task("daemonize", arguments={"pid_file": str(pid_file), "then": then, **arguments}), pid_file
 
 
-def started(pid_file: Path, strays: list[int]) -> dict:
+def started(pid_file: Path, strays: Strays) -> dict:
     wait_until(pid_file.exists, timeout=15, what="the boefje to start its processes")
     record = json.loads(pid_file.read_text())
     strays.extend(record["children"])

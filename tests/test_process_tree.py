@@ -18,7 +18,7 @@ import pytest
 
 from boefje_runtime import process_tree
 
-from .helpers import alive, wait_until
+from .helpers import Strays, alive, wait_until
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process trees are read from /proc")
 
@@ -314,3 +314,16 @@ def test_subreaper_can_be_switched_on_and_off_in_a_child_process():
     assert process_tree.become_subreaper(False) and not process_tree.is_subreaper()
     """
     subprocess.run([sys.executable, "-c", textwrap.dedent(code)], check=True, timeout=30)
+
+
+def test_the_strays_fixture_kills_the_process_it_recorded_and_nothing_after_it_ended():
+    recorded = Strays()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait(30)
+    recorded.extend([sleeper.pid, gone.pid])  # the second ended already: no handle, nothing to kill
+
+    recorded.kill_all()
+
+    assert sleeper.wait(10) == -signal.SIGKILL
+    assert recorded.pids == [sleeper.pid, gone.pid]
