@@ -272,13 +272,16 @@ class Strays:
     def __init__(self) -> None:
         self.pids: list[int] = []
         self._handles: list[int] = []
+        self._bare: list[int] = []
 
     def extend(self, pids: Iterable[int]) -> None:
         for pid in pids:
             self.pids.append(pid)
             try:
                 self._handles.append(os.pidfd_open(pid))
-            except (OSError, AttributeError):  # ended already (ESRCH), or no pidfd here: nothing to kill
+            except AttributeError:  # no pidfd here: the bare pid, as before
+                self._bare.append(pid)
+            except OSError:  # ended already (ESRCH): nothing to kill
                 continue
 
     def kill_all(self) -> None:
@@ -287,3 +290,7 @@ class Strays:
                 signal.pidfd_send_signal(handle, signal.SIGKILL)
             os.close(handle)
         self._handles.clear()
+        for pid in self._bare:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        self._bare.clear()

@@ -790,9 +790,7 @@ def test_a_pop_read_before_stop_hands_out_no_task_after_it():
     api = _HeldAtArrival().start()
     try:
         task_id = api.enqueue(make_task("hello"))
-        answers: list = []
-        popping = threading.Thread(target=lambda: answers.append(_pop_or_error(api.url)), daemon=True)
-        popping.start()
+        popping, answers = _pop_in_background(api.url)
         assert api.arrived.wait(TIMEOUT)
 
         # When the API stops (its connections cut) and only then goes on with that pop
@@ -827,9 +825,7 @@ def test_a_pop_that_handed_its_task_out_before_stop_is_answered_before_the_cut()
     api = _HeldAfterHandingOut().start()
     try:
         task_id = api.enqueue(make_task("hello"))
-        answers: list = []
-        popping = threading.Thread(target=lambda: answers.append(_pop_or_error(api.url)), daemon=True)
-        popping.start()
+        popping, answers = _pop_in_background(api.url)
         assert api.handed_out.wait(TIMEOUT)
 
         # When the API stops meanwhile, and the pop then goes on
@@ -848,6 +844,14 @@ def test_a_pop_that_handed_its_task_out_before_stop_is_answered_before_the_cut()
     finally:
         api.go_on.set()
         api.stop()
+
+
+def _pop_in_background(url: str) -> tuple[threading.Thread, list]:
+    """A pop in a thread of its own; its answer (or the error it ended with) lands in the list."""
+    answers: list = []
+    popping = threading.Thread(target=lambda: answers.append(_pop_or_error(url)), daemon=True)
+    popping.start()
+    return popping, answers
 
 
 def _pop_or_error(url: str):

@@ -190,14 +190,15 @@ def test_a_second_sigterm_skips_the_grace_period(boefje_api, plugin_dir, tmp_pat
     assert not alive(int(pid_file.read_text()))
 
 
-def test_sigint_drains_like_sigterm(boefje_api, plugin_dir, tmp_path, workers):
-    running, pid_file, release = hold_task(tmp_path, "interrupted")
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP], ids=["SIGINT", "SIGHUP"])
+def test_sigint_and_sighup_drain_like_sigterm(boefje_api, plugin_dir, tmp_path, workers, signum):
+    running, pid_file, release = hold_task(tmp_path, signum.name.lower())
     running_id = boefje_api.enqueue(running)
     worker = Worker(boefje_api.url, plugin_dir, POOL_SIZE="1")
     workers.append(worker)
     wait_until(pid_file.exists, WAIT, what="the task to start")
 
-    worker.process.send_signal(signal.SIGINT)
+    worker.process.send_signal(signum)
     worker.wait_for_line(r"Shutting down")
     release.touch()
 
@@ -218,21 +219,6 @@ def test_no_worker_survives_a_sigkilled_supervisor(boefje_api, plugin_dir, tmp_p
 
     for pid in pids:
         wait_until(lambda pid=pid: not alive(pid), timeout=10, what=f"worker {pid} to die with its supervisor")
-
-
-def test_sighup_drains_like_sigterm(boefje_api, plugin_dir, tmp_path, workers):
-    running, pid_file, release = hold_task(tmp_path, "hung-up")
-    running_id = boefje_api.enqueue(running)
-    worker = Worker(boefje_api.url, plugin_dir, POOL_SIZE="1")
-    workers.append(worker)
-    wait_until(pid_file.exists, WAIT, what="the task to start")
-
-    worker.process.send_signal(signal.SIGHUP)
-    worker.wait_for_line(r"Shutting down")
-    release.touch()
-
-    assert worker.wait() == 0
-    assert boefje_api.status(running_id) == "completed"
 
 
 def test_a_pool_size_over_the_maximum_exits_2_with_one_line(boefje_api, plugin_dir):
