@@ -366,7 +366,8 @@ class WorkerPool:
             self._finalizer.settle(ticket, TaskExit.MALFORMED, now, reason=TaskExit.MALFORMED.reason(error=error))
         for task in answer.surplus:
             self._finalizer.settle(Ticket.of(task), TaskExit.PUSHED_BACK, now)
-        if answer.surplus:  # back now, before any worker starts: other containers may be idle
+        if answer.surplus:  # started back now (other containers may be idle); the finalizer's step
+            # budget may spread the pushes over a few steps, so a worker may start meanwhile
             self._finalizer.run(now)
         if pop is not None:
             for index, group in enumerate(answer.groups):
