@@ -38,8 +38,6 @@ __all__ = ["DEFAULT_MAX_BODY", "ENDPOINTS", "MALFORMED_BODY", "POP_MODES", "QUEU
 #: What a pop answers; the first, ``mula``, is the real scheduler's and the default.
 POP_MODES = ("mula", "limit", "dedup", "single")
 DEFAULT_MAX_BODY = 256 * 1024 * 1024
-#: How long stop() waits for pops whose tasks were handed out to be answered before it cuts them.
-ANSWER_GRACE = 5.0
 
 
 class BoefjeAPIServer(TaskAssertions):
@@ -92,11 +90,6 @@ class BoefjeAPIServer(TaskAssertions):
         self._thread: threading.Thread | None = None
         #: Between start() and stop(); changed and read under _lock (see _pop).
         self._serving = False
-        #: Pops that handed tasks out and whose answers are still being written (under _lock):
-        #: stop() lets them finish before it cuts the connections (see _pop).
-        self._answering = 0
-        self._answered = threading.Condition(self._lock)
-        self._handing_out = threading.local()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -124,9 +117,6 @@ class BoefjeAPIServer(TaskAssertions):
             return
         with self._lock:  # from here no pop hands out a task (see _pop)
             self._serving = False
-            # A pop that handed tasks out just before is answered first: cut, its tasks would stay
-            # dispatched with nobody holding them (a real API commits and answers, or does neither).
-            self._answered.wait_for(lambda: self._answering == 0, timeout=ANSWER_GRACE)
         self._httpd = self._thread = None
         httpd.wake_and_stop()
         if thread is not None:
@@ -387,20 +377,7 @@ class BoefjeAPIServer(TaskAssertions):
                 # would receive the tasks. A stopped API process hands out none either; dispatching
                 # them here left a task stuck dispatched after every "outage" that hit a pop.
                 raise _Gone
-            tasks = self._tasks.pop(queue, limit, filters, mode=self.pop_mode, strip_keys=self.strip_dedup_keys)
-            if tasks:
-                self._answering += 1
-                self._handing_out.active = True
-            return tasks
-
-    def _answer_sent(self) -> None:
-        """Called by the request's thread once its answer is written (or failed to be): a pop that
-        handed tasks out is no longer in flight."""
-        if getattr(self._handing_out, "active", False):
-            self._handing_out.active = False
-            with self._lock:
-                self._answering -= 1
-                self._answered.notify_all()
+            return self._tasks.pop(queue, limit, filters, mode=self.pop_mode, strip_keys=self.strip_dedup_keys)
 
     def _push(self, queue: str, body: Any) -> dict[str, Any]:
         task = _pushed_task(body)

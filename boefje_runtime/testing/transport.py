@@ -163,18 +163,14 @@ class _Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         endpoint, params, route_error = _route(method, parts.path)
         fault = api._arrival(endpoint, routed=route_error is None)
-        try:
-            status, payload, raw, headers = self._answer(api, method, endpoint, params, parts.query, route_error,
-                                                         fault)
-            if status is None:
-                self.close_connection = True  # dropped: the client sees the connection close unanswered
-            else:
-                body = raw if raw is not None else json.dumps(payload, separators=(",", ":")).encode()
-                if fault is not None and fault.gzip_bomb is not None:
-                    body, headers = gzip_bomb(body, fault.gzip_bomb), {**headers, "Content-Encoding": "gzip"}
-                self._send(status, body, headers)
-        finally:
-            api._answer_sent()
+        status, payload, raw, headers = self._answer(api, method, endpoint, params, parts.query, route_error, fault)
+        if status is None:
+            self.close_connection = True  # dropped: the client sees the connection close unanswered
+        else:
+            body = raw if raw is not None else json.dumps(payload, separators=(",", ":")).encode()
+            if fault is not None and fault.gzip_bomb is not None:
+                body, headers = gzip_bomb(body, fault.gzip_bomb), {**headers, "Content-Encoding": "gzip"}
+            self._send(status, body, headers)
         api._record(method, parts.path, endpoint, status, self.headers.get("traceparent"))
 
     def _answer(self, api: BoefjeAPIServer, method: str, endpoint: str, params: dict[str, str], query: str,
