@@ -15,6 +15,7 @@ import time
 import pytest
 
 from boefje_runtime.pool.forkserver import ForkServer
+from boefje_runtime.pool.progress import Progress, ProgressPage
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc (Linux)")
 
@@ -22,8 +23,9 @@ pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason=
 HELD_LOCK = threading.Lock()
 
 
-def echo_main(conn, spec, parent_pid):
+def echo_main(conn, spec, parent_pid, progress_fd):
     """A worker that answers each message until told to exit with a code, or to raise."""
+    progress = ProgressPage(progress_fd)
     conn.send(("ready", os.getpid(), os.getppid(), parent_pid, spec))
     while True:
         message = conn.recv()
@@ -35,6 +37,19 @@ def echo_main(conn, spec, parent_pid):
             conn.send(("lock", HELD_LOCK.acquire(timeout=message[1])))
         if message[0] == "sleep":
             time.sleep(message[1])
+        if message[0] == "mark":
+            progress.mark(message[1], Progress.RAN)
+            conn.send(("marked",))
+
+
+def spawn(server: ForkServer):
+    """A worker with a progress page: its process, the pipe to it, and the supervisor's side of the page."""
+    page, fd = ProgressPage.create()
+    try:
+        process, conn = server.spawn(fd)
+    finally:
+        os.close(fd)
+    return process, conn, page
 
 
 def threads_of(pid: int) -> int:
@@ -64,9 +79,9 @@ def server():
     server.close()
 
 
-def test_a_worker_is_the_fork_servers_child_and_gets_the_spec(server):
+def test_a_worker_is_the_fork_servers_child_and_gets_the_spec_and_its_progress_page(server):
     # when
-    process, conn = server.spawn()
+    process, conn, page = spawn(server)
 
     # then
     assert conn.poll(5)
@@ -74,6 +89,10 @@ def test_a_worker_is_the_fork_servers_child_and_gets_the_spec(server):
     assert (kind, pid, spec) == ("ready", process.pid, {"spec": 1})
     assert ppid == parent_pid == server.pid != os.getpid()
     assert process.exitcode is None and process.is_alive()
+    assert page.read()[:2] == (0, Progress.NONE)
+    conn.send(("mark", 7))  # what the worker marks, the supervisor's side reads
+    assert conn.poll(5) and conn.recv() == ("marked",)
+    assert page.read()[:2] == (7, Progress.RAN)
     conn.send(("exit", 0))
     process.join(5)
     assert process.exitcode == 0
@@ -81,7 +100,7 @@ def test_a_worker_is_the_fork_servers_child_and_gets_the_spec(server):
 
 @pytest.mark.parametrize(("message", "code"), [(("exit", 3), 3), (("exit", None), 0), (("raise",), 1)])
 def test_exit_codes_reach_the_supervisor_through_the_sentinel(server, message, code):
-    process, conn = server.spawn()
+    process, conn, _ = spawn(server)
     conn.recv()
 
     conn.send(message)
@@ -93,7 +112,7 @@ def test_exit_codes_reach_the_supervisor_through_the_sentinel(server, message, c
 
 def test_an_ended_worker_keeps_its_pid_until_its_exit_code_is_read(server):
     # given a worker that ended
-    process, conn = server.spawn()
+    process, conn, _ = spawn(server)
     conn.recv()
     conn.send(("exit", 5))
     wait_until(process.ended)
@@ -108,7 +127,7 @@ def test_an_ended_worker_keeps_its_pid_until_its_exit_code_is_read(server):
 
 
 def test_a_killed_worker_reports_the_signal_like_multiprocessing(server):
-    process, conn = server.spawn()
+    process, conn, _ = spawn(server)
     conn.recv()
 
     os.kill(process.pid, signal.SIGKILL)
@@ -131,7 +150,7 @@ def test_a_worker_spawned_while_another_thread_holds_a_lock_finds_it_free(server
     assert taken.wait(5)
     try:
         # when
-        process, conn = server.spawn()
+        process, conn, _ = spawn(server)
         conn.recv()
         conn.send(("lock", 1.0))
 
@@ -147,7 +166,7 @@ def test_a_worker_spawned_while_another_thread_holds_a_lock_finds_it_free(server
 
 
 def test_closing_the_server_takes_its_workers_with_it(server):
-    process, conn = server.spawn()
+    process, conn, _ = spawn(server)
     conn.recv()
 
     server.close()
@@ -162,7 +181,7 @@ def test_a_dead_server_is_replaced_at_the_next_spawn(server, caplog):
     os.kill(first, signal.SIGKILL)
     wait_until(lambda: not alive(first))
 
-    process, conn = server.spawn()
+    process, conn, _ = spawn(server)
 
     assert server.pid != first
     assert conn.recv()[0] == "ready"

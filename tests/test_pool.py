@@ -90,6 +90,26 @@ def test_a_task_over_its_timeout_fails_and_its_process_is_replaced(boefje_api, m
     boefje_api.wait_for_status(follow_up, "completed")
 
 
+def test_the_task_timeout_holds_though_no_message_wakes_the_supervisor(boefje_api, make_pool, tmp_path):
+    """The boefje's start is only marked on the worker's progress page, which wakes nobody: the
+    supervisor must read it by the time the timeout could pass, not at its next heartbeat (30 s
+    here) nor at the end of the start's own bound (ASSIGNED: one call's bound + 5 s); and the mark
+    of the task before must not pass for this one's."""
+    held, pid_file, _ = hold_task(tmp_path, "sloth")
+    make_pool(pool_size=1, task_timeout=1.0, heartbeat=30.0).start()
+    # a task before it, so the page still shows that task's end when the held one is handed out
+    boefje_api.wait_for_status(boefje_api.enqueue(task()), "completed")
+    boefje_api.inject("patch", delay=1.5)  # the page is read (at the 1 s look) before the boefje starts
+    held_id = boefje_api.enqueue(held)
+    wait_until(pid_file.exists, timeout=20, what="the boefje to start")
+    started = time.monotonic()
+
+    boefje_api.wait_for_status(held_id, "failed", timeout=20)
+
+    assert time.monotonic() - started < 3.0
+    assert b"timed out after 1 s" in boefje_api.files(held_id)[0]["content"]
+
+
 def test_workers_are_recycled_after_max_tasks(boefje_api, make_pool, caplog):
     caplog.set_level(logging.INFO, logger="boefje_runtime")
     ids = boefje_api.enqueue([task() for _ in range(5)])

@@ -21,10 +21,11 @@ What stays as it was with a direct fork:
   reap it. Until then killing what is left of its process group cannot hit a stranger.
 
 The exchange is a Unix ``SOCK_SEQPACKET`` pair (one message per send): the supervisor sends
-``b"S"`` with two file descriptors (the worker's end of its duplex pipe and the write end of its
-status pipe, ``SCM_RIGHTS``), answered by the pid (8 bytes, signed; ``-errno`` when the fork
-failed); and ``b"R"`` + pid to have an ended worker reaped (no answer). Orphans of a worker are
-re-parented to the supervisor, which is the child subreaper; the fork server is not one.
+``b"S"`` with three file descriptors (the worker's end of its duplex pipe, the write end of its
+status pipe and its progress page, progress.py; ``SCM_RIGHTS``), answered by the pid (8 bytes,
+signed; ``-errno`` when the fork failed); and ``b"R"`` + pid to have an ended worker reaped (no
+answer). Orphans of a worker are re-parented to the supervisor, which is the child subreaper; the
+fork server is not one.
 """
 
 from __future__ import annotations
@@ -61,8 +62,8 @@ _BLOCKED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 #: Longest the supervisor waits for the fork server to answer a spawn (a fork takes milliseconds).
 SPAWN_TIMEOUT = 30.0
 
-#: ``main(conn, spec, parent_pid)``: the worker's entry point, as ``worker.worker_main``.
-WorkerMain = Callable[[Connection, Any, int], Any]
+#: ``main(conn, spec, parent_pid, progress_fd)``: the worker's entry point, as ``worker.worker_main``.
+WorkerMain = Callable[[Connection, Any, int, int], Any]
 
 
 class ForkedProcess:
@@ -133,7 +134,7 @@ class ForkedProcess:
 
 
 class ForkServer:
-    """Forks ``main(conn, spec, parent_pid)`` workers from a clean, single-threaded process.
+    """Forks ``main(conn, spec, parent_pid, progress_fd)`` workers from a clean, single-threaded process.
 
     :meth:`start` forks the server; call it before the supervisor starts any thread. If the server
     dies (it should not: it only forks and reaps), the next :meth:`spawn` starts a new one and says
@@ -185,20 +186,22 @@ class ForkServer:
                            "may inherit a lock held at that moment", threads)
         return self
 
-    def spawn(self) -> tuple[ForkedProcess, Connection]:
-        """Fork a worker; returns its handle and the supervisor's end of its duplex pipe."""
+    def spawn(self, progress_fd: int) -> tuple[ForkedProcess, Connection]:
+        """Fork a worker that writes its progress to ``progress_fd`` (a shared page, progress.py; the
+        caller keeps and closes its own descriptor); returns its handle and the supervisor's end of
+        its duplex pipe."""
         with self._lock:
             try:
-                return self._spawn()
+                return self._spawn(progress_fd)
             except (OSError, EOFError) as exc:
                 if isinstance(exc, OSError) and exc.errno in (errno.EAGAIN, errno.ENOMEM):
                     raise  # the fork failed for want of resources: a new server would not help
                 logger.warning("The worker fork server is gone (%s); starting a new one", exc)
                 self._discard()
                 self.start()
-                return self._spawn()
+                return self._spawn(progress_fd)
 
-    def _spawn(self) -> tuple[ForkedProcess, Connection]:
+    def _spawn(self, progress_fd: int) -> tuple[ForkedProcess, Connection]:
         if self._control is None:
             self.start()
         control = self._control
@@ -206,7 +209,7 @@ class ForkServer:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         status_r, status_w = os.pipe()
         try:
-            socket.send_fds(control, [b"S"], [child_end.fileno(), status_w])
+            socket.send_fds(control, [b"S"], [child_end.fileno(), status_w, progress_fd])
             answer = control.recv(_PID.size)
             if len(answer) != _PID.size:
                 raise EOFError("the fork server closed its control socket")
@@ -282,7 +285,7 @@ def _serve(control: socket.socket, main: WorkerMain, spec: Any, supervisor_pid: 
                 _report_ended(statuses, ended)
                 continue
             try:
-                message, fds, _, _ = socket.recv_fds(control, 1 + _PID.size, 2)
+                message, fds, _, _ = socket.recv_fds(control, 1 + _PID.size, 3)
             except InterruptedError:
                 continue
             except OSError:
@@ -296,15 +299,16 @@ def _serve(control: socket.socket, main: WorkerMain, spec: Any, supervisor_pid: 
                     with contextlib.suppress(ChildProcessError):
                         os.waitpid(pid, 0)
                 continue
-            if message != b"S" or len(fds) != 2:
+            if message != b"S" or len(fds) != 3:
                 for fd in fds:
                     os.close(fd)
                 control.send(_PID.pack(-errno.EINVAL))
                 continue
-            conn_fd, status_w = fds
-            pid = _fork_worker(main, spec, conn_fd, own_fds | set(statuses.values()) | {status_w}, selector,
-                               control)
+            conn_fd, status_w, progress_fd = fds
+            pid = _fork_worker(main, spec, conn_fd, progress_fd, own_fds | set(statuses.values()) | {status_w},
+                               selector, control)
             os.close(conn_fd)
+            os.close(progress_fd)
             if pid < 0:
                 os.close(status_w)
             else:
@@ -313,7 +317,7 @@ def _serve(control: socket.socket, main: WorkerMain, spec: Any, supervisor_pid: 
             _report_ended(statuses, ended)  # a SIGCHLD that came while we forked
 
 
-def _fork_worker(main: WorkerMain, spec: Any, conn_fd: int, close_in_child: set[int],
+def _fork_worker(main: WorkerMain, spec: Any, conn_fd: int, progress_fd: int, close_in_child: set[int],
                  selector: selectors.BaseSelector, control: socket.socket) -> int:
     """Fork one worker; its pid, or ``-errno``. The worker starts with the termination signals
     blocked (it unblocks them once its own handlers are in place, see ``worker.install_signals``)."""
@@ -337,16 +341,16 @@ def _fork_worker(main: WorkerMain, spec: Any, conn_fd: int, close_in_child: set[
             with contextlib.suppress(OSError):
                 os.close(fd)
         if process_tree.die_with_parent(parent_pid):  # whatever ``main`` does: no worker outlives this server
-            code = _run_worker(main, spec, conn_fd, parent_pid)
+            code = _run_worker(main, spec, conn_fd, progress_fd, parent_pid)
     finally:
         exit_now(code)
 
 
-def _run_worker(main: WorkerMain, spec: Any, conn_fd: int, parent_pid: int) -> int:
+def _run_worker(main: WorkerMain, spec: Any, conn_fd: int, progress_fd: int, parent_pid: int) -> int:
     """Run the worker's entry point; the exit code as ``multiprocessing`` would give it."""
     code = 0
     try:
-        main(Connection(conn_fd), spec, parent_pid)
+        main(Connection(conn_fd), spec, parent_pid, progress_fd)
     except SystemExit as exc:
         if exc.code is None:
             code = 0

@@ -8,15 +8,17 @@ state is noticed by the same check, and the loop knows when it next needs to loo
 
 ::
 
-    STARTING --ready--> IDLE --task--> ASSIGNED --running--> BUSY --ran--> DELIVERING
+    STARTING --ready--> IDLE --task--> ASSIGNED --started--> BUSY --ran--> DELIVERING
                          ^  \\                \\______________\\_____done____/  |
                          |   stop -> STOPPING                               done
                          +-----------------------------------------------------+--> RETIRING
     ASSIGNED, BUSY, DELIVERING --drain deadline: SIGTERM to its group--> TERMINATING --done--> IDLE
     any state but KILLED --kill (timeout, drain, broken worker, pool exit)--> KILLED
 
-A worker that exits is removed from the pool whatever its state (the reaper says what that means
-for the task it held).
+"ready", "task" and "done" are messages; "started" and "ran" the worker only marks on its
+progress page (progress.py), which the supervisor reads every step and by the time the task timeout
+could pass. A worker that exits is removed from the pool whatever its state (the reaper says what
+that means for the task it held).
 """
 
 from __future__ import annotations

@@ -3,10 +3,12 @@
 The protocol on a worker's pipe (worker.py sends, this module reads):
 
 - ``("ready", pid)``: imports done; STARTING -> IDLE (or it is told to stop, when draining);
-- ``("running", task_id)``: the running PATCH went through, the boefje starts; ASSIGNED -> BUSY;
-- ``("ran", task_id)``: the boefje returned, only delivery is left; BUSY -> DELIVERING;
 - ``("done", task_id, report, duration, retiring)``: how each task of the assignment left
   (worker.Report); -> IDLE, or RETIRING when it leaves after this task.
+
+Between the two, a worker only marks its progress on its page (progress.py), which
+:meth:`Mailbox.read_progress` reads at every step: the boefje started, ASSIGNED -> BUSY; it
+returned, only delivery is left, BUSY -> DELIVERING; each move dated by the worker's own mark.
 
 A message that does not fit (a task id the worker was not given, a kind we do not know, a move
 the lifecycle forbids) means the worker is broken: it is killed and the task it really held is
@@ -17,6 +19,7 @@ drop the real assignment with only a log line).
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from . import endings
@@ -26,6 +29,7 @@ from .exits import TaskExit, Ticket
 from .finalizer import Finalizer
 from .lifecycle import WorkerState
 from .process import WorkerHandle
+from .progress import Progress
 from .worker import Report
 
 logger = logging.getLogger("boefje_runtime.pool")
@@ -56,17 +60,29 @@ class Mailbox:
         kind = message[0] if isinstance(message, tuple) and message else None
         if kind == "ready":
             self._ready(worker, now, draining)
-        elif kind in ("running", "ran") and worker.state is S.TERMINATING:
-            pass  # it goes on with its task until it stops or is killed; its deadline stays
-        elif kind == "running" and self._about_own_task(worker, message, S.ASSIGNED, now):
-            worker.move(S.BUSY, now)
-        elif kind == "ran" and self._about_own_task(worker, message, S.BUSY, now):
-            assert worker.assignment is not None
-            worker.move(S.DELIVERING, now, calls=1 + 2 * len(worker.assignment.duplicates))
         elif kind == "done" and len(message) == 5:
             self._done(worker, message, now, draining)
-        elif kind not in ("running", "ran"):
+        else:
             self._broken(worker, now, f"it sent a message the supervisor does not know ({str(message)[:80]})")
+
+    def read_progress(self, worker: WorkerHandle, now: float) -> None:
+        """Move a worker that holds a task as far as its progress page says: ASSIGNED -> BUSY once the
+        boefje started, -> DELIVERING once it returned. Each move is dated by the worker's mark (on
+        this clock: ``now`` less how long ago it was made), so the task timeout counts from the
+        boefje's real start, however late the supervisor looks. A TERMINATING worker keeps its
+        deadline; a mark of an earlier task (the number is not the one it holds) changes nothing."""
+        state = worker.state
+        if (state is not S.ASSIGNED and state is not S.BUSY) or worker.progress is None:
+            return
+        number, reached, at = worker.progress.read()
+        if number != worker.tasks_given or reached is Progress.NONE:
+            worker.looked(now)
+            return
+        when = min(now, max(worker.since, now - (time.monotonic() - at)))
+        if state is S.ASSIGNED:
+            worker.move(S.BUSY, when)
+        if reached is Progress.RAN and worker.assignment is not None:
+            worker.move(S.DELIVERING, when, calls=1 + 2 * len(worker.assignment.duplicates))
 
     def _ready(self, worker: WorkerHandle, now: float, draining: bool) -> None:
         worker.ready_at = now
@@ -76,16 +92,6 @@ class Mailbox:
             worker.move(S.IDLE, now)
         if draining and worker.state is S.IDLE:
             stop(worker, now)
-
-    def _about_own_task(self, worker: WorkerHandle, message: tuple, state: WorkerState, now: float) -> bool:
-        """The message names the task this worker holds, in the state it should be in; else broken."""
-        assignment = worker.assignment
-        task_id = message[1] if len(message) > 1 else None
-        if assignment is None or assignment.task.id != task_id or worker.state is not state:
-            self._broken(worker, now, f"it reported {message[0]!r} for task {task_id} while {worker.state.value}"
-                         + (f" with task {assignment.task.id}" if assignment else " without a task"))
-            return False
-        return True
 
     def _done(self, worker: WorkerHandle, message: tuple, now: float, draining: bool) -> None:
         _, task_id, report, duration, retiring = message

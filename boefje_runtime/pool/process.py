@@ -1,7 +1,8 @@
 """The supervisor's handle on one worker process: its state, the task it holds, how it is killed.
 
 The supervisor owns these handles, so at every moment it knows exactly which process holds which
-task; nothing is inferred from shared state. :func:`start_worker` is the one place a worker
+task; nothing of that is inferred from shared state (the progress page, progress.py, only says how
+far the holder is with it). :func:`start_worker` is the one place a worker
 process is made: the fork server forks it (forkserver.py).
 """
 
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from .. import process_tree
 from ..models import Task
 from .lifecycle import FREE_SOON, HOLDS_TASK, STAYS, TAKES_TASK, Bounds, WorkerState, check
+from .progress import ProgressPage
 
 if TYPE_CHECKING:
     from .forkserver import ForkedProcess, ForkServer
@@ -48,7 +50,7 @@ class WorkerHandle:
     """
 
     def __init__(self, process: ForkedProcess | multiprocessing.process.BaseProcess, conn: Connection, now: float,
-                 bounds: Bounds) -> None:
+                 bounds: Bounds, progress: ProgressPage | None = None) -> None:
         pid = process.pid
         if not isinstance(pid, int) or pid <= 0:
             raise ValueError(f"a worker handle needs a started process with a pid, not {pid!r}")
@@ -61,6 +63,13 @@ class WorkerHandle:
         self.deadline = bounds.deadline(WorkerState.STARTING, now)
         self.ready_at: float | None = None
         self.assignment: Assignment | None = None
+        #: Its progress page: how far it is with the task it holds (read by messages.Mailbox).
+        self.progress = progress
+        #: Tasks handed to it so far: the number of the one it holds, as its progress page names it.
+        self.tasks_given = 0
+        #: When its progress page must be read at the latest: the earliest its task timeout could
+        #: pass, while it is ASSIGNED (the boefje may have started meanwhile without a word).
+        self.look_at: float | None = None
         #: Why it leaves (retiring) or why the supervisor killed it, for the reaper's line.
         self.why: str | None = None
         # Built once: ``Connection.poll()`` builds a selector per call, and the loop asks after
@@ -92,6 +101,28 @@ class WorkerHandle:
         check(self.state, state)
         self.state, self.since = state, now
         self.deadline = self.bounds.deadline(state, now, calls=calls)
+        self.look_at = None
+        if state is WorkerState.ASSIGNED:
+            self.looked(now)
+
+    def assign(self, assignment: Assignment, now: float) -> None:
+        """It was sent ``assignment``: it holds that task now (ASSIGNED), numbered as it counts it."""
+        self.assignment = assignment
+        self.tasks_given += 1
+        self.move(WorkerState.ASSIGNED, now)
+
+    def looked(self, now: float) -> None:
+        """Its page was read at ``now`` and the boefje had not started: it cannot time out before
+        ``now`` + the task timeout, so that is when to read the page again."""
+        if self.bounds.task_timeout:
+            self.look_at = now + self.bounds.task_timeout
+
+    @property
+    def next_due(self) -> float | None:
+        """When the supervisor must look at it next: its deadline, or its page (:attr:`look_at`)."""
+        if self.look_at is None or (self.deadline is not None and self.deadline < self.look_at):
+            return self.deadline
+        return self.look_at
 
     @property
     def takes_task(self) -> bool:
@@ -167,6 +198,13 @@ class WorkerHandle:
 
 def start_worker(forks: ForkServer, now: float, bounds: Bounds) -> WorkerHandle:
     """Fork a worker (by the fork server: never from this process, which runs threads; see
-    forkserver.py) and return the supervisor's handle on it."""
-    process, conn = forks.spawn()
-    return WorkerHandle(process, conn, now, bounds)
+    forkserver.py) and return the supervisor's handle on it, with its progress page."""
+    progress, progress_fd = ProgressPage.create()
+    try:
+        process, conn = forks.spawn(progress_fd)
+    except BaseException:
+        progress.close()
+        raise
+    finally:
+        os.close(progress_fd)  # the worker has its own (mapped) copy; ours is the mapping
+    return WorkerHandle(process, conn, now, bounds, progress)

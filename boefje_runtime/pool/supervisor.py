@@ -240,6 +240,8 @@ class WorkerPool:
             self._begin(now)
         self._answer_shutdown_requests(now)
         self._read_messages(now)
+        for worker in self.workers:  # where each is with its task (progress.py): before the time limits
+            self._mailbox.read_progress(worker, now)
         self._reaper.reap(self.workers, now, self._last_words, self._forget)
         timeouts.enforce(self.workers, now, self._finalizer, self._startup)
         if self._phase is Phase.RUNNING:
@@ -385,8 +387,7 @@ class WorkerPool:
                 if pop is not None:
                     self._pop_traces[group[0].id] = pop
                 continue
-            worker.assignment = assignment
-            worker.move(WorkerState.ASSIGNED, now)
+            worker.assign(assignment, now)
             if pop is not None:  # the finalizer's calls for these tasks continue the task's trace
                 for member in group:
                     self._finalizer.traces[member.id] = pop

@@ -51,5 +51,5 @@ def enforce(workers: Iterable[WorkerHandle], now: float, finalizer: Finalizer, s
 
 
 def next_due(workers: Iterable[WorkerHandle]) -> float | None:
-    """The earliest deadline of any worker (None: no worker has one)."""
-    return min((worker.deadline for worker in workers if worker.deadline is not None), default=None)
+    """The earliest deadline of any worker, or time to read a worker's progress page (None: none)."""
+    return min((due for due in (worker.next_due for worker in workers) if due is not None), default=None)

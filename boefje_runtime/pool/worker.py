@@ -3,12 +3,14 @@
 Lifecycle of one task here (protocol.md, "Worker mode"): PATCH running -> run the boefje ->
 POST the output (the API closes the task). Only when the output cannot be delivered after
 retries: PATCH failed. What happened is reported back with one message, so the supervisor always
-knows which tasks are still open.
+knows which tasks are still open; the boefje's start and end in between are only marked on the
+worker's progress page (progress.py), which the supervisor reads without being woken.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import select
@@ -30,6 +32,7 @@ from ..process_tree import become_subreaper, kill_children, own_process_group
 from ..tracing import NO_TRACING, PATCH_RUNNING, POST_OUTPUT, RUN, SETTLE_DUPLICATE, TASK_ID, NoTracing, Tracing
 from .exits import TaskExit
 from .limits import retire_reason
+from .progress import Progress, ProgressPage
 
 logger = logging.getLogger("boefje_runtime.worker")
 
@@ -104,8 +107,10 @@ def close_inherited_sockets(keep: int) -> None:
         os.close(null)
 
 
-def worker_main(conn: Connection, spec: WorkerSpec, parent_pid: int) -> None:
-    """Entry point of a forked worker process."""
+def worker_main(conn: Connection, spec: WorkerSpec, parent_pid: int, progress_fd: int) -> None:
+    """Entry point of a forked worker process; ``progress_fd`` is its progress page (progress.py)."""
+    progress = ProgressPage(progress_fd)
+    os.close(progress_fd)  # mapped: a boefje's child processes must not inherit it
     own_process_group()  # the supervisor can then end everything this worker's boefjes start
     install_signals()  # (tied to the fork server's life before this: forkserver._fork_worker)
     close_inherited_sockets(conn.fileno())
@@ -133,7 +138,9 @@ def worker_main(conn: Connection, spec: WorkerSpec, parent_pid: int) -> None:
             _, raw_task, raw_duplicates, pop = message
             started = time.monotonic()
             trace = spec.tracing.start_task(pop)
-            report = run_assignment(client, spec, raw_task, raw_duplicates, conn, trace)
+            # numbered from 1, as the supervisor counts what it handed us (process.py)
+            mark = functools.partial(progress.mark, tasks_done + 1)
+            report = run_assignment(client, spec, raw_task, raw_duplicates, mark, trace)
             trace.finish(report.exit.outcome)
             leftovers = kill_children()
             if leftovers:
@@ -171,12 +178,14 @@ class Report(NamedTuple):
 
 
 def run_assignment(
-    client: BoefjeAPIClient, spec: WorkerSpec, raw_task: dict, raw_duplicates: list[dict], conn: Connection,
-    trace: Any = None,
+    client: BoefjeAPIClient, spec: WorkerSpec, raw_task: dict, raw_duplicates: list[dict],
+    mark: Callable[[Progress], None], trace: Any = None,
 ) -> Report:
     """Run one task and deliver its output to its duplicates, so no task is left dispatched or running.
 
-    ``trace`` (from ``spec.tracing.start_task``) gets a child span per phase; the caller ends it.
+    ``mark`` records how far it got (progress.py): the supervisor reads that to time the boefje and
+    to pop this worker's next task while it delivers. ``trace`` (from ``spec.tracing.start_task``)
+    gets a child span per phase; the caller ends it.
     """
     trace = trace or NO_TRACING.start_task()
     task = Task.from_dict(raw_task)  # validated by the supervisor already: this cannot fail
@@ -193,12 +202,12 @@ def run_assignment(
         except APIError as exc:
             logger.error("Could not start task: %s", exc)
             return Report(_start_exit(exc), str(exc), exc.status_code, duplicates=_unsettled(duplicates))
-        conn.send(("running", task.id))  # the boefje runs from here: the task timeout counts from now
+        mark(Progress.STARTED)  # the boefje runs from here: the task timeout counts from now
         with trace.phase(RUN):
             output, duration, failure = _run_boefje(spec, raw_task["data"], meta.boefje.id, meta.boefje.version,
                                                     meta.boefje.oci_image)
             trace.ran(output, failure)
-        conn.send(("ran", task.id))  # only delivery is left: the supervisor may pop our next task now
+        mark(Progress.RAN)  # only delivery is left: the supervisor may pop our next task now
         with trace.phase(POST_OUTPUT):
             how, error, status_code = _deliver(client, task.id, output)
         # The boefje's result, said after the delivery so that, when the output landed, this is the
