@@ -143,6 +143,9 @@ class PopThreads:
         self._queued = 0  # jobs put and not yet taken by a thread
         self._lock = threading.Lock()
         self._inline_api: tuple[BoefjeAPIClient, PopTracer | None] | None = None
+        #: Set by the loop before it sleeps: False while no worker could take a task now, so an
+        #: answer waits for the step that a worker's "done" brings (see WorkerPool._wait).
+        self.wake_on_answer = True
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -252,6 +255,7 @@ class PopThreads:
         return PopAnswer(limit, slots, raw_tasks, None, time.monotonic() - started, trace)
 
     def _answer(self, answer: PopAnswer) -> None:
-        self._answers.append(answer)
-        with contextlib.suppress(BlockingIOError, OSError):
-            os.write(self._wake_w, b"!")
+        self._answers.append(answer)  # before the flag is read: the loop checks for answers after setting it
+        if self.wake_on_answer:
+            with contextlib.suppress(BlockingIOError, OSError):
+                os.write(self._wake_w, b"!")
