@@ -21,13 +21,14 @@ root and its group are signalled.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import signal
 import sys
 import time
 from collections.abc import Iterable
 from typing import NamedTuple
+
+from . import libc
 
 __all__ = [
     "ProcStat",
@@ -53,19 +54,8 @@ _PR_GET_CHILD_SUBREAPER = 37
 STOP_BOUND = 1.0
 
 
-@functools.cache
-def _libc():
-    """The C library, loaded once: one-shot asks prctl five times a run (ctypes is imported here,
-    on first use, not by every importer of this module)."""
-    import ctypes
-
-    return ctypes.CDLL(None, use_errno=True)
-
-
 def _prctl(option: int, arg: int) -> int | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    return _libc().prctl(option, arg, 0, 0, 0)
+    return libc.prctl(option, arg)
 
 
 def die_with_parent(parent_pid: int) -> bool:
@@ -87,7 +77,7 @@ def is_subreaper() -> bool:
     import ctypes
 
     value = ctypes.c_int(0)
-    return _libc().prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(value), 0, 0, 0) == 0 and value.value != 0
+    return libc.prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(value)) == 0 and value.value != 0
 
 
 def own_process_group() -> None:

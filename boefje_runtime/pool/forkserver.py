@@ -48,7 +48,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from .. import process_tree
+from .. import libc, process_tree
 from ..process_exit import exit_now
 from .worker import close_inherited_sockets
 
@@ -155,6 +155,11 @@ class ForkServer:
     def start(self) -> ForkServer:
         if self._control is not None:
             return self
+        # The fork server and every worker call prctl (die_with_parent): ctypes and the C library
+        # loaded here are shared by all of them; the heap's free pages are released first, so no
+        # child inherits (and copies on its first allocation there) pages nobody uses (libc.py).
+        libc.preload()
+        libc.trim_heap()
         # What is alive now is frozen: no worker's collector writes to those pages, so they stay
         # shared (PSS stays flat). No collection first, as the gc module's documentation advises:
         # it frees objects all over the shared pages, and the holes it leaves are where every
