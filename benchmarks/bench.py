@@ -529,10 +529,12 @@ def measure_soak(bench: Bench) -> None:
 # -- 6 and 7: the one-shot CLI -----------------------------------------------------------------------
 
 
-def run_oneshot(bench: Bench, task_id: str) -> subprocess.Popen:
+def run_oneshot(bench: Bench, task_id: str, *, bare: bool = False) -> subprocess.Popen:
+    """The one-shot CLI for a running task (``bare``: the floor, :data:`harness.BARE_ONESHOT`)."""
     url = f"{bench.server.url}/api/v0/tasks/{task_id}"
-    return subprocess.Popen(h.cli_command(url, "--plugin-dir", str(bench.plugin_dir)), env=bench.env(),
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    command = h.bare_oneshot_command(url) if bare else h.cli_command(url, "--plugin-dir", str(bench.plugin_dir))
+    return subprocess.Popen(command, env=bench.env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
 
 
 def finish_oneshot(process: subprocess.Popen) -> None:
@@ -543,18 +545,25 @@ def finish_oneshot(process: subprocess.Popen) -> None:
 
 def measure_oneshot(bench: Bench) -> None:
     """Item 6a: wall time of ``python -m boefje_runtime_cli INPUT_URL`` for a running task, one at a
-    time, after one warm-up run (byte-code and page cache, as in a container that ran before)."""
+    time, after one warm-up run (byte-code and page cache, as in a container that ran before); each
+    run paired with one of the floor (a bare ``requests`` GET and POST in a fresh interpreter), so
+    the absolute target can be read against what this machine's interpreter and ``requests`` cost."""
     server = bench.server
     server.call("reset")
-    walls = []
+    walls: dict[bool, list[float]] = {False: [], True: []}
     for index in range(bench.plan.oneshot_runs + 1):
-        (task_id,), _ = server.call("enqueue", 1, True)
-        started = time.perf_counter()
-        finish_oneshot(run_oneshot(bench, task_id))
-        if index:
-            walls.append(time.perf_counter() - started)
-    bench.details["oneshot"] = {"walls_s": walls, "outcome": server.call("outcome")}
-    bench.add("oneshot.wall_s", f"one-shot CLI wall per task (median of {len(walls)})", walls, "s", at_most=0.15)
+        for bare in (False, True):
+            (task_id,), _ = server.call("enqueue", 1, True)
+            started = time.perf_counter()
+            finish_oneshot(run_oneshot(bench, task_id, bare=bare))
+            if index:
+                walls[bare].append(time.perf_counter() - started)
+    bench.details["oneshot"] = {"walls_s": walls[False], "bare_walls_s": walls[True], "outcome": server.call("outcome")}
+    bench.add("oneshot.wall_s", f"one-shot CLI wall per task (median of {len(walls[False])})", walls[False], "s",
+              at_most=0.15)
+    bench.add("oneshot.bare_wall_s", "floor: bare one-shot (python -c: import requests, GET, POST)", walls[True], "s")
+    bench.add("oneshot.ratio", "one-shot CLI / bare one-shot (paired runs)",
+              [ours / bare for ours, bare in zip(walls[False], walls[True], strict=True)], "x")
 
 
 def importtime(bench: Bench, args: list[str]) -> tuple[float, dict[str, float]]:
@@ -639,16 +648,20 @@ def measure_process_per_task(bench: Bench) -> None:
     """Item 7: the one-shot CLI per task, two at a time, each batch paired with a pool-2 run right
     after it; the ratio is taken per pair."""
     count = bench.plan.process_per_task_tasks
-    pairs = []
+    pairs, floors = [], []
     for _ in range(bench.plan.repeat):
         per_process = process_per_task_batch(bench, count)
         pool = run_spec(bench, Spec("pool-2", "pool", 2), bench.plan.tasks)
+        bare = run_spec(bench, Spec("bare-x2", "bare", 2), bench.plan.tasks)
         pairs.append((per_process, pool["tasks_per_s"]))
-    bench.details["process_per_task"] = pairs
+        floors.append(bare["tasks_per_s"] / per_process)
+    bench.details["process_per_task"] = {"pairs": pairs, "bare_x2_ratios": floors}
     bench.add("process_per_task.tasks_per_s", f"process per task (one-shot CLI, 2 at a time, {count} tasks)",
               [per_process for per_process, _ in pairs], "tasks/s")
     bench.add("process_per_task.ratio", "worker mode pool-2 / process per task",
               [pool / per_process for per_process, pool in pairs], "x", at_least=75)
+    bench.add("process_per_task.bare_ratio", "2 bare loops / process per task (what the ratio above can reach here)",
+              floors, "x")
 
 
 # -- 8: pickup latency -----------------------------------------------------------------------------

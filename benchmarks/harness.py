@@ -333,6 +333,23 @@ def bare_loop(url: str, trust_env: bool, boefje_seconds: float = 0.0) -> None:
                      timeout=30).raise_for_status()
 
 
+#: The floor of one-shot mode: a fresh interpreter that imports requests, GETs the input and POSTs a
+#: one-file output, nothing else (no CLI, no logging, no supervised child, no retries).
+BARE_ONESHOT = """
+import base64, sys
+import requests
+boefje_input = requests.get(sys.argv[1], timeout=30).json()
+files = [{"name": "0", "content": base64.b64encode(b"hi").decode(), "tags": ["boefje/" + sys.argv[2]]}]
+output = {"status": "COMPLETED", "files": files}
+requests.post(boefje_input["output_url"], json=output, timeout=30).raise_for_status()
+"""
+
+
+def bare_oneshot_command(url: str) -> list[str]:
+    """The command of :data:`BARE_ONESHOT` for the input at ``url``."""
+    return [sys.executable, "-c", BARE_ONESHOT, url, BOEFJE_ID]
+
+
 def _exit_with(function: Callable[..., int | None], *args: Any, **kwargs: Any) -> None:
     sys.exit(function(*args, **kwargs) or 0)
 

@@ -90,11 +90,13 @@ def rows(meta: dict[str, Any]) -> list[Row]:
          lambda f: " / ".join(_v(f, f"memory.{name}.pss_mb", 1) for name in memory)
          + f" MB (growth {_v(f, 'memory.pss_mb_growth_pct')} %)",
          (f"memory.{memory[-1]}.pss_mb", "memory.pss_mb_growth_pct")),
-        ("one-shot CLI wall time / import time",
-         lambda f: f"{with_spread(_get(f, 'oneshot.wall_s'), 3, ' s')} / {_v(f, 'imports.oneshot_s', 3)} s",
+        ("one-shot CLI wall time / import time; the floor (bare `requests` GET + POST in a new interpreter)",
+         lambda f: f"{with_spread(_get(f, 'oneshot.wall_s'), 3, ' s')} / {_v(f, 'imports.oneshot_s', 3)} s; "
+                   f"floor {_v(f, 'oneshot.bare_wall_s', 3)} s ({_v(f, 'oneshot.ratio')}x it)",
          ("oneshot.wall_s", "imports.oneshot_s")),
-        ("process per task (one-shot CLI, 2 at a time); worker mode pool-2 / that",
-         lambda f: f"{_v(f, 'process_per_task.tasks_per_s', 1)} tasks/s; {_v(f, 'process_per_task.ratio', 0)}x",
+        ("process per task (one-shot CLI, 2 at a time); worker mode pool-2 / that; 2 bare loops / that",
+         lambda f: f"{_v(f, 'process_per_task.tasks_per_s', 1)} tasks/s; {_v(f, 'process_per_task.ratio', 0)}x; "
+                   f"{_v(f, 'process_per_task.bare_ratio', 0)}x",
          ("process_per_task.ratio",)),
         ("pickup while busy, p50 / p95",
          lambda f: f"{_v(f, 'pickup.busy.p50_ms', 1)} ms / {_v(f, 'pickup.busy.p95_ms', 1)} ms",
