@@ -14,7 +14,9 @@ import base64
 import contextlib
 import json
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -71,6 +73,34 @@ def examples(full: int) -> int:
 
 
 # -- waiting --------------------------------------------------------------------------------------
+
+
+def unused_port() -> int:
+    """A free loopback port for a program under test to bind, chosen below the kernel's ephemeral
+    range: a port only probed free is released before its user binds it, and in between any
+    ``bind(0)`` (another test's server, under xdist) may get it; below that range none can."""
+    low = 32768
+    with contextlib.suppress(OSError, ValueError):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    candidates = list(range(max(1024, low - 8000), low))
+    random.shuffle(candidates)
+    for port in candidates:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port below {low}")
+
+
+@contextmanager
+def refused_port() -> Iterator[int]:
+    """A loopback port that refuses connections for the whole block: bound here and never listened
+    on, so no one else can take it meanwhile (a probed-free port could be listening by then)."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield held.getsockname()[1]
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> None:

@@ -19,7 +19,7 @@ from boefje_runtime.config import SETTINGS
 from boefje_runtime.exit_codes import ExitCode
 from boefje_runtime.testing import BoefjeAPIServer, make_task
 
-from .helpers import CLI, cli_env, error_text, run_cli, wait_until, write_plugin
+from .helpers import CLI, cli_env, error_text, refused_port, run_cli, unused_port, wait_until, write_plugin
 
 IMAGE = "test/cli:latest"
 HELLO = """
@@ -177,12 +177,6 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if "[error]" in line]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def plugin_dir(tmp_path: Path) -> Path:
     root = tmp_path / "plugins"
@@ -257,14 +251,15 @@ def without_network() -> list[str]:
 @pytest.mark.parametrize("where", ["refused", "unresolvable"])
 def test_burst_gives_up_on_an_unreachable_api_within_the_bound(plugin_dir, where):
     # A name under .invalid never resolves (RFC 2606); looked up where there is no network at all.
-    url = f"http://127.0.0.1:{free_port()}" if where == "refused" else "http://boefje-api.invalid:8000"
-    prefix = [] if where == "refused" else without_network()
-    started = time.monotonic()
-    result = subprocess.run(
-        [*prefix, *CLI, "--burst", "--plugin-dir", str(plugin_dir), "--burst-unreachable-timeout", "2"],
-        capture_output=True, text=True, env=cli_env(worker_env(url, OUTGOING_REQUEST_TIMEOUT="2")), timeout=60,
-    )
-    took = time.monotonic() - started
+    with refused_port() as port:
+        url = f"http://127.0.0.1:{port}" if where == "refused" else "http://boefje-api.invalid:8000"
+        prefix = [] if where == "refused" else without_network()
+        started = time.monotonic()
+        result = subprocess.run(
+            [*prefix, *CLI, "--burst", "--plugin-dir", str(plugin_dir), "--burst-unreachable-timeout", "2"],
+            capture_output=True, text=True, env=cli_env(worker_env(url, OUTGOING_REQUEST_TIMEOUT="2")), timeout=60,
+        )
+        took = time.monotonic() - started
     assert result.returncode == ExitCode.INTERNAL_ERROR == 1, result.stderr
     (line,) = error_lines(result.stderr)
     assert url in line and "BURST_UNREACHABLE_TIMEOUT=2" in line
@@ -273,9 +268,10 @@ def test_burst_gives_up_on_an_unreachable_api_within_the_bound(plugin_dir, where
 
 
 def test_worker_flags_given_to_one_shot_are_named_in_one_warning(plugin_dir):
-    url = f"http://127.0.0.1:{free_port()}/api/v0/tasks/1"
-    result = run_cli("--pool-size", "3", "--burst", "--task-timeout", "5", "--plugin-dir", str(plugin_dir), url,
-                     env={"PREFETCH": "1", "OUTGOING_REQUEST_TIMEOUT": "1"})
+    with refused_port() as port:
+        url = f"http://127.0.0.1:{port}/api/v0/tasks/1"
+        result = run_cli("--pool-size", "3", "--burst", "--task-timeout", "5", "--plugin-dir", str(plugin_dir), url,
+                         env={"PREFETCH": "1", "OUTGOING_REQUEST_TIMEOUT": "1"})
     assert result.returncode == ExitCode.INPUT_UNAVAILABLE, result.stderr
     (warning,) = [line for line in result.stderr.splitlines() if "[warning] Ignoring" in line]
     assert "--pool-size, --burst: only for worker mode" in warning
@@ -301,7 +297,7 @@ def test_a_taken_health_port_exits_2_with_one_line(api, plugin_dir):
 
 
 def test_a_free_health_port_answers_readyz_and_is_announced_once(api, plugin_dir):
-    port = free_port()
+    port = unused_port()
     process = subprocess.Popen([*CLI, "--plugin-dir", str(plugin_dir)], env=cli_env(worker_env(api.url,
                                HEALTH_PORT=str(port))), stderr=subprocess.PIPE, text=True)
     try:

@@ -10,7 +10,6 @@ workers' log lines must come through.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 
@@ -18,7 +17,7 @@ import pytest
 
 from boefje_runtime.testing import make_task
 
-from .helpers import cli_env, write_plugin
+from .helpers import cli_env, unused_port, write_plugin
 
 IMAGE = "ghcr.io/minvws/openkat/fork-safety:latest"
 
@@ -54,12 +53,6 @@ def run(boefje_meta):
 """
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.timeout(90)
 def test_workers_are_forked_by_a_process_without_threads_and_their_logs_come_through(boefje_api, tmp_path):
@@ -69,7 +62,7 @@ def test_workers_are_forked_by_a_process_without_threads_and_their_logs_come_thr
                               for index in range(6)])
     guard = tmp_path / "forks-with-threads.txt"
     env = cli_env({"BOEFJES_API": boefje_api.url, "OCI_IMAGE": IMAGE, "POOL_SIZE": "2", "BURST": "true",
-                   "HEALTH_PORT": str(free_port()), "FORK_GUARD_FILE": str(guard)})
+                   "HEALTH_PORT": str(unused_port()), "FORK_GUARD_FILE": str(guard)})
 
     # when it drains the queue under -W error::DeprecationWarning
     result = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c", FORK_GUARD,

@@ -26,7 +26,7 @@ from boefje_runtime.oneshot import CLOSE_POLICY, origin, run_oneshot
 from boefje_runtime.testing import BoefjeAPIServer, make_task
 
 from . import helpers
-from .helpers import alive, error_text, wait_until, write_plugin
+from .helpers import alive, error_text, refused_port, wait_until, write_plugin
 
 SECRET = "planted-s3cr3t-9f2c"
 
@@ -284,11 +284,9 @@ def test_input_5xx_after_retries(api, plugin_dir):
 
 
 def test_input_unreachable(plugin_dir):
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    url = f"http://127.0.0.1:{port}/api/v0/tasks/abc"
-    result = run_cli(url, plugin_dir, "--outgoing-request-timeout", "2")
+    with refused_port() as port:  # a port nobody listens on
+        url = f"http://127.0.0.1:{port}/api/v0/tasks/abc"
+        result = run_cli(url, plugin_dir, "--outgoing-request-timeout", "2")
     assert result.returncode == ExitCode.INPUT_UNAVAILABLE
     assert url in error_line(result)
 
