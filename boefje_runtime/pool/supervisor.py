@@ -310,6 +310,8 @@ class WorkerPool:
     def _forget(self, worker: WorkerHandle) -> None:
         self._unregister(worker.conn, worker.process.sentinel)
         worker.conn.close()
+        if worker.progress is not None:  # unmapped now, not whenever the handle is collected
+            worker.progress.close()
 
     def _unregister(self, *fileobjs: object) -> None:
         for fileobj in fileobjs:
