@@ -40,7 +40,8 @@ def test_quick_run_writes_every_figure_of_the_chosen_measurements(tmp_path):
     keys = {figure["key"] for figure in report["figures"]}
     for key in ("pool-2.tasks_per_s", "cpu_ratio.default_session", "cpu_ratio.no_env", "tput_ratio.no_env",
                 "pool-2.requests_per_task", "pool-2-limit.requests_per_task", "tput_ratio.pool4_pool2",
-                "memory.idle.pss_mb", "memory.pss_mb_growth_pct", "oneshot.wall_s"):
+                "memory.idle.pss_mb", "memory.pss_mb_growth_pct", "oneshot.wall_s", "oneshot.bare_wall_s",
+                "oneshot.ratio"):
         assert key in keys
     assert all(figure["value"] is not None for figure in report["figures"])
     assert next(f for f in report["figures"] if f["key"] == "throughput.lost")["value"] == 0
@@ -77,3 +78,27 @@ def test_unknown_measurement_is_a_usage_error():
 
     assert result.returncode == 2
     assert "unknown measurement" in result.stderr
+
+
+COMPARE = ROOT / "benchmarks" / "compare.py"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(170)
+def test_compare_runs_each_checkout_and_the_bare_loop_in_turns():
+    result = subprocess.run([sys.executable, str(COMPARE), str(ROOT), str(ROOT), "--tasks", "40", "--rounds", "2"],
+                            capture_output=True, text=True, timeout=150)
+
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines[:2]] == ["round 1/2", "round 2/2"]
+    summary = [line for line in lines if "ms per task" in line]
+    assert len(summary) == 3 and summary[-1].startswith("bare loop: ")
+    assert all("/ bare loop, median" in line for line in summary[:2])
+
+
+def test_compare_refuses_a_folder_that_is_not_a_checkout(tmp_path):
+    result = subprocess.run([sys.executable, str(COMPARE), str(tmp_path)], capture_output=True, text=True, timeout=60)
+
+    assert result.returncode == 2
+    assert f"{tmp_path} is not a checkout of this repository" in result.stderr
