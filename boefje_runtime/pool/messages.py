@@ -74,10 +74,12 @@ class Mailbox:
         state = worker.state
         if (state is not S.ASSIGNED and state is not S.BUSY) or worker.progress is None:
             return
-        number, reached, at = worker.progress.read()
-        if number != worker.tasks_given or reached is Progress.NONE:
-            worker.looked(now)
+        mark = worker.progress.read()
+        if mark is None or mark[0] != worker.tasks_given or mark[1] is Progress.NONE:
+            if state is S.ASSIGNED:  # (a mark being written now dates itself; the next read sees it)
+                worker.looked(now)
             return
+        _, reached, at = mark
         when = min(now, max(worker.since, now - (time.monotonic() - at)))
         if state is S.ASSIGNED:
             worker.move(S.BUSY, when)

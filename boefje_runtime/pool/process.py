@@ -102,7 +102,7 @@ class WorkerHandle:
         self.state, self.since = state, now
         self.deadline = self.bounds.deadline(state, now, calls=calls)
         self.look_at = None
-        if state is WorkerState.ASSIGNED:
+        if state is WorkerState.ASSIGNED and self.progress is not None:  # (no page: nothing to look at)
             self.looked(now)
 
     def assign(self, assignment: Assignment, now: float) -> None:

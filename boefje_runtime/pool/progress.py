@@ -16,8 +16,11 @@ the one the supervisor handed out is ignored.
 
 The page is a ``memfd`` (Linux; an unlinked file elsewhere), one per worker: the supervisor makes
 it, maps it and hands the descriptor to the fork server with the worker's pipe (forkserver.py); the
-worker maps it. The record is one 16-byte write (task number and phase in one word, then the
-monotonic time of the mark), read the same way.
+worker maps it. Two processes touch it at once, and no write of ours is atomic (``struct.pack_into``
+even zeroes its bytes before it fills them: a reader saw a new task number with a time of 0), so
+the record is guarded like a seqlock: the writer makes a sequence number odd, writes the record,
+makes it even again; a reader takes a record only when the number was even and the same before and
+after it read. Every write is a slice assignment of bytes packed beforehand (one copy, no zeroing).
 """
 
 from __future__ import annotations
@@ -29,7 +32,14 @@ import struct
 import tempfile
 import time
 
+#: The sequence number (odd while the record is being written), then the record: the task number
+#: and progress in one word, and the monotonic time of the mark.
+_SEQUENCE = struct.Struct("Q")
 _RECORD = struct.Struct("Qd")
+_SIZE = _SEQUENCE.size + _RECORD.size
+#: Reads of a page in the middle of a write before the reader gives up for now (a writer preempted
+#: mid-write; the caller reads again at its next step).
+_READ_TRIES = 50
 
 
 class Progress(enum.IntEnum):
@@ -47,7 +57,8 @@ class ProgressPage:
     """One worker's progress record, shared between the worker (writes) and the supervisor (reads)."""
 
     def __init__(self, fd: int) -> None:
-        self._map = mmap.mmap(fd, _RECORD.size)
+        self._map = mmap.mmap(fd, _SIZE)
+        self._sequence = 0  # the writer's own count (one writer per page)
 
     @classmethod
     def create(cls) -> tuple[ProgressPage, int]:
@@ -59,7 +70,7 @@ class ProgressPage:
             with tempfile.TemporaryFile() as file:
                 fd = os.dup(file.fileno())
         try:
-            os.ftruncate(fd, _RECORD.size)
+            os.ftruncate(fd, _SIZE)
             return cls(fd), fd
         except BaseException:
             os.close(fd)
@@ -67,12 +78,24 @@ class ProgressPage:
 
     def mark(self, task_number: int, progress: Progress) -> None:
         """The worker: task ``task_number`` (counted from 1 per worker) reached ``progress`` now."""
-        _RECORD.pack_into(self._map, 0, task_number << 2 | progress, time.monotonic())
+        record = _RECORD.pack(task_number << 2 | progress, time.monotonic())
+        self._map[: _SEQUENCE.size] = _SEQUENCE.pack(self._sequence + 1)  # odd: being written
+        self._map[_SEQUENCE.size :] = record
+        self._sequence += 2
+        self._map[: _SEQUENCE.size] = _SEQUENCE.pack(self._sequence)  # even: whole again
 
-    def read(self) -> tuple[int, Progress, float]:
-        """The last mark: task number, progress, and when (``time.monotonic()`` of the worker)."""
-        tag, at = _RECORD.unpack_from(self._map, 0)
-        return tag >> 2, Progress(tag & 3), at
+    def read(self) -> tuple[int, Progress, float] | None:
+        """The last mark: task number, progress, and when (``time.monotonic()`` of the worker); None
+        when every try found the record in the middle of a write (read again later)."""
+        for _ in range(_READ_TRIES):
+            (before,) = _SEQUENCE.unpack_from(self._map, 0)
+            if before & 1:
+                continue
+            tag, at = _RECORD.unpack_from(self._map, _SEQUENCE.size)
+            (after,) = _SEQUENCE.unpack_from(self._map, 0)
+            if after == before:
+                return tag >> 2, Progress(tag & 3), at
+        return None
 
     def close(self) -> None:
         self._map.close()
