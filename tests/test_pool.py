@@ -110,6 +110,16 @@ def test_the_task_timeout_holds_though_no_message_wakes_the_supervisor(boefje_ap
     assert b"timed out after 1 s" in boefje_api.files(held_id)[0]["content"]
 
 
+def test_a_pop_answer_wakes_the_loop_when_a_worker_is_free(boefje_api, make_pool):
+    """With a 30 s heartbeat nothing else wakes an idle pool: the answer of its pop must (its idle
+    worker could take the task), or the task would wait for the heartbeat."""
+    pool = make_pool(pool_size=1, heartbeat=30.0).start()
+    wait_until(lambda: ready_workers(pool) == 1, timeout=20, what="the worker to come up")
+    task_id = boefje_api.enqueue(task())
+
+    boefje_api.wait_for_status(task_id, "completed", timeout=10)
+
+
 def test_workers_are_recycled_after_max_tasks(boefje_api, make_pool, caplog):
     caplog.set_level(logging.INFO, logger="boefje_runtime")
     ids = boefje_api.enqueue([task() for _ in range(5)])

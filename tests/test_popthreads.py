@@ -111,6 +111,28 @@ def test_pops_are_in_flight_together_and_wake_the_loop_when_answered(boefje_api)
         pops.close()
 
 
+def test_an_answer_wakes_the_loop_only_while_it_asks_to_be_woken(boefje_api):
+    # given a queued task and a loop that has no worker free (it does not want to be woken)
+    boefje_api.enqueue([make_task("dns", oci_image=IMAGE) for _ in range(2)])
+    pops = new_threads(boefje_api.url, max_threads=1)
+    try:
+        pops.wake_on_answer = False
+
+        # when a pop is answered
+        pops.request(1)
+        wait_until(lambda: pops.answered, 5, "the answer")
+
+        # then the loop's fd stays quiet, yet the answer is there for its next step
+        assert not select.select([pops.wakeup_fd], [], [], 0)[0]
+        assert len(pops.answers()) == 1
+        # and once the loop asks to be woken, the next answer wakes it
+        pops.wake_on_answer = True
+        pops.request(1)
+        assert select.select([pops.wakeup_fd], [], [], 5)[0]
+    finally:
+        pops.close()
+
+
 def test_an_unreachable_api_comes_back_as_an_answer_with_the_error(boefje_api):
     boefje_api.inject("pop", status=503, times=None)
     pops = new_threads(boefje_api.url, max_threads=1)

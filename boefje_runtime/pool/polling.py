@@ -131,9 +131,10 @@ class Poller:
     def next_due(self, workers: list[WorkerHandle], held: Sized, now: float = 0.0) -> float | None:
         """When the loop should wake up to pop: now (or when the back-off allows) if it wants a pop,
         else when the next busy worker gets within a round trip of its end; None when it wants
-        nothing (waking would spin). Answers wake the loop by themselves (``pops.wakeup_fd``)."""
+        nothing (waking would spin). An answer wakes the loop by itself (``pops.wakeup_fd``) when a
+        worker could take its task; while none can, the next worker's "done" does."""
         if self._one_at_a_time:
-            return None  # the answer in flight wakes the loop
+            return None  # the answer in flight wakes the loop, or a worker's "done" collects it
         free_at = self.free_at(workers, now)
         if self.worth_popping(self.demand(workers, held, now, free_at), workers, held):
             return self.next_pop

@@ -183,8 +183,8 @@ def run_assignment(
 ) -> Report:
     """Run one task and deliver its output to its duplicates, so no task is left dispatched or running.
 
-    ``mark`` records how far it got (progress.py): the supervisor reads that to time the boefje and
-    to pop this worker's next task while it delivers. ``trace`` (from ``spec.tracing.start_task``)
+    ``mark`` records how far it got (progress.py): the supervisor reads that at its next step, to
+    time the boefje and to pop this worker's next task while it delivers. ``trace`` (from ``spec.tracing.start_task``)
     gets a child span per phase; the caller ends it.
     """
     trace = trace or NO_TRACING.start_task()
@@ -207,7 +207,7 @@ def run_assignment(
             output, duration, failure = _run_boefje(spec, raw_task["data"], meta.boefje.id, meta.boefje.version,
                                                     meta.boefje.oci_image)
             trace.ran(output, failure)
-        mark(Progress.RAN)  # only delivery is left: the supervisor may pop our next task now
+        mark(Progress.RAN)  # only delivery is left: at its next step, the supervisor may pop our next task
         with trace.phase(POST_OUTPUT):
             how, error, status_code = _deliver(client, task.id, output)
         # The boefje's result, said after the delivery so that, when the output landed, this is the
