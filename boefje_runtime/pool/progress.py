@@ -29,6 +29,7 @@ import enum
 import mmap
 import os
 import struct
+import sys
 import tempfile
 import time
 
@@ -57,7 +58,10 @@ class ProgressPage:
     """One worker's progress record, shared between the worker (writes) and the supervisor (reads)."""
 
     def __init__(self, fd: int) -> None:
-        self._map = mmap.mmap(fd, _SIZE)
+        # Python 3.13+ maps without keeping a duplicate of ``fd`` (which a child forked without
+        # exec, a boefje's, would inherit); before, the duplicate is close-on-exec.
+        extra = {"trackfd": False} if sys.version_info >= (3, 13) else {}
+        self._map = mmap.mmap(fd, _SIZE, **extra)
         self._sequence = 0  # the writer's own count (one writer per page)
 
     @classmethod
