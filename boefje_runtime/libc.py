@@ -29,12 +29,11 @@ def preload() -> None:
         _library()
 
 
-def prctl(option: int, arg: Any, *rest: Any) -> int | None:
-    """``prctl(option, arg, ...)``: its return value (-1 and errno on failure); None when not Linux."""
+def prctl(option: int, arg2: Any = 0, arg3: Any = 0, arg4: Any = 0, arg5: Any = 0) -> int | None:
+    """``prctl(2)``: its return value (-1 and errno on failure); None when not Linux."""
     if not _LINUX:
         return None
-    args = (*rest, 0, 0, 0)[:3]
-    return _library().prctl(option, arg, *args)
+    return _library().prctl(option, arg2, arg3, arg4, arg5)
 
 
 def trim_heap() -> bool:

@@ -54,21 +54,17 @@ _PR_GET_CHILD_SUBREAPER = 37
 STOP_BOUND = 1.0
 
 
-def _prctl(option: int, arg: int) -> int | None:
-    return libc.prctl(option, arg)
-
-
 def die_with_parent(parent_pid: int) -> bool:
     """Be SIGKILLed when the parent dies (Linux); call first thing in a forked child, so a parent
     that is SIGKILLed leaves nothing of ours running. False when the parent is gone already (it died
     between the fork and this call, before the kernel could tie us to it): then leave at once."""
-    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     return os.getppid() == parent_pid
 
 
 def become_subreaper(on: bool = True) -> bool:
     """Make this process a child subreaper (``on=False``: stop being one). True when it worked."""
-    return _prctl(_PR_SET_CHILD_SUBREAPER, 1 if on else 0) == 0
+    return libc.prctl(_PR_SET_CHILD_SUBREAPER, 1 if on else 0) == 0
 
 
 def is_subreaper() -> bool:

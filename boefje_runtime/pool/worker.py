@@ -184,8 +184,8 @@ def run_assignment(
     """Run one task and deliver its output to its duplicates, so no task is left dispatched or running.
 
     ``mark`` records how far it got (progress.py): the supervisor reads that at its next step, to
-    time the boefje and to pop this worker's next task while it delivers. ``trace`` (from ``spec.tracing.start_task``)
-    gets a child span per phase; the caller ends it.
+    time the boefje and to pop this worker's next task while it delivers. ``trace`` (from
+    ``spec.tracing.start_task``) gets a child span per phase; the caller ends it.
     """
     trace = trace or NO_TRACING.start_task()
     task = Task.from_dict(raw_task)  # validated by the supervisor already: this cannot fail
