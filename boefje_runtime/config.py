@@ -397,7 +397,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "pop_ahead", "POP_AHEAD", ("--pop-ahead",), parse_bool, True,
         "Pop a worker's next task before it is free: while it posts its output, or when its boefje "
-        "usually ends within a pop round trip (one task waits per such worker at most).",
+        "usually ends within two pop round trips (one task waits per such worker at most).",
         boolean=True,
         mode=Mode.WORKER,
     ),

@@ -15,6 +15,7 @@ from boefje_runtime.pool.popthreads import (
     TaskDurations,
     expected_free_at,
     next_soon,
+    pop_horizon,
     pops_wanted,
 )
 from boefje_runtime.testing import make_task
@@ -28,24 +29,36 @@ NO_RETRY = RetryPolicy(attempts=1, total_seconds=1.0, initial_wait=0.01, max_wai
 
 
 def test_idle_workers_each_want_a_pop_less_what_is_held_and_in_flight():
-    assert pops_wanted(idle=3, free_at=[], now=0, round_trip=0.05, held=1, in_flight=1) == 1
+    assert pops_wanted(idle=3, free_at=[], now=0, horizon=0.05, held=1, in_flight=1) == 1
 
 
-def test_a_busy_worker_wants_a_pop_only_when_free_within_one_round_trip():
+def test_a_busy_worker_wants_a_pop_only_when_free_within_the_horizon():
     # given workers free at 0.03 (within 50 ms), at 0.2 (not yet), and one of unknown duration
     free_at = [0.03, 0.2, None]
 
-    wanted = pops_wanted(idle=0, free_at=free_at, now=0.0, round_trip=0.05, held=0, in_flight=0)
+    wanted = pops_wanted(idle=0, free_at=free_at, now=0.0, horizon=0.05, held=0, in_flight=0)
 
     assert wanted == 1
-    # and the loop wakes when the second one gets within a round trip of its end
+    # and the loop wakes when the second one gets within the horizon of its end
     assert next_soon(free_at, 0.0, 0.05) == pytest.approx(0.15)
+
+
+def test_the_horizon_is_two_round_trips_so_the_answer_comes_before_the_worker_is_free():
+    # given 50 ms pops: a worker free in 80 ms gets its pop now (with one round trip of horizon the
+    # answer would come about when it is free, and it would wait half the time)
+    round_trip = 0.05
+    free_at = [0.08, 0.13]
+
+    wanted = pops_wanted(idle=0, free_at=free_at, now=0.0, horizon=pop_horizon(round_trip), held=0, in_flight=0)
+
+    assert wanted == 1
+    assert next_soon(free_at, 0.0, pop_horizon(round_trip)) == pytest.approx(0.03)
 
 
 def test_no_hoarding_a_task_held_or_in_flight_covers_the_worker_it_was_popped_for():
     # one worker about to be free; a pop for it is already in flight, then its answer is held
-    assert pops_wanted(idle=0, free_at=[0.01], now=0, round_trip=0.05, held=0, in_flight=1) == 0
-    assert pops_wanted(idle=0, free_at=[0.01], now=0, round_trip=0.05, held=1, in_flight=0) == 0
+    assert pops_wanted(idle=0, free_at=[0.01], now=0, horizon=0.05, held=0, in_flight=1) == 0
+    assert pops_wanted(idle=0, free_at=[0.01], now=0, horizon=0.05, held=1, in_flight=0) == 0
 
 
 def test_a_boefje_never_seen_or_running_far_past_its_usual_time_gets_nothing_ahead():

@@ -7,7 +7,7 @@ reads as "pop for free workers" and the pacing can be read in one place.
 
 Pops run in threads (popthreads.py), so the loop never waits for one: :meth:`Poller.request`
 starts them, :meth:`Poller.collect` takes what came back. A pop starts for each idle worker and for
-each busy one that should be free within one pop round trip (from how long its boefje usually
+each busy one that should be free within two pop round trips (from how long its boefje usually
 takes), less the tasks held and the pops in flight: the worker finds its next task waiting, and
 no more than one task waits per such worker.
 
@@ -34,7 +34,7 @@ from .backoff import ErrorBackoff, IdleBackoff
 from .events import PoolEvents, emit
 from .exits import Ticket
 from .pop_policy import PopMode, PopPolicy
-from .popthreads import PopThreads, TaskDurations, expected_free_at, next_soon, pops_wanted
+from .popthreads import PopThreads, TaskDurations, expected_free_at, next_soon, pop_horizon, pops_wanted
 from .process import WorkerHandle
 from .settings import PoolSettings
 
@@ -106,13 +106,13 @@ class Poller:
 
     def demand(self, workers: Iterable[WorkerHandle], held: Sized, now: float = 0.0,
                free_at: list[float | None] | None = None) -> int:
-        """How many tasks to pop now: one per idle worker and per busy worker free within one pop
-        round trip (pop-ahead), plus the prefetch, minus what we already hold and the pops in
+        """How many tasks to pop now: one per idle worker and per busy worker free within two pop
+        round trips (pop-ahead), plus the prefetch, minus what we already hold and the pops in
         flight; never past the task limit. Zero or less: none."""
         workers = list(workers)
         idle = sum(1 for worker in workers if worker.takes_task)
         free_at = self.free_at(workers, now) if free_at is None else free_at
-        want = pops_wanted(idle=idle, free_at=free_at, now=now, round_trip=self.round_trip,
+        want = pops_wanted(idle=idle, free_at=free_at, now=now, horizon=pop_horizon(self.round_trip),
                            held=len(held), in_flight=self.pops.slots_in_flight, prefetch=self.settings.prefetch)
         if self.settings.max_tasks is not None:
             want = min(want, self.settings.max_tasks - self.popped - self.pops.limits_in_flight)
@@ -130,7 +130,7 @@ class Poller:
 
     def next_due(self, workers: list[WorkerHandle], held: Sized, now: float = 0.0) -> float | None:
         """When the loop should wake up to pop: now (or when the back-off allows) if it wants a pop,
-        else when the next busy worker gets within a round trip of its end; None when it wants
+        else when the next busy worker gets within two round trips of its end; None when it wants
         nothing (waking would spin). An answer wakes the loop by itself (``pops.wakeup_fd``) when a
         worker could take its task; while none can, the next worker's "done" does."""
         if self._one_at_a_time:
@@ -138,7 +138,7 @@ class Poller:
         free_at = self.free_at(workers, now)
         if self.worth_popping(self.demand(workers, held, now, free_at), workers, held):
             return self.next_pop
-        soon = next_soon(free_at, now, self.round_trip)
+        soon = next_soon(free_at, now, pop_horizon(self.round_trip))
         return None if soon is None else max(soon, self.next_pop)
 
     @property

@@ -98,21 +98,37 @@ def expected_free_at(started: float, expected: float | None, now: float, round_t
     return free_at
 
 
-def pops_wanted(*, idle: int, free_at: Iterable[float | None], now: float, round_trip: float, held: int,
+#: How far ahead a busy worker's next pop starts: once its expected end is within this many pop
+#: round trips. One is what the pop needs to come back; the second covers the spread of both
+#: guesses (under load a round trip and a boefje's time each vary by about as much as they last).
+#: With one, the answer came on average just as the worker finished, so half the time the worker
+#: waited for the rest of it, and the loop needed a timer wake-up to start the pop in between.
+#: Measured (pool 2, trivial boefje, paired runs): 0.62x -> 0.74x two bare loops' throughput and
+#: 12 % less CPU per task (the pop now starts in the step that hands out the task). The price: a
+#: popped task waits for its worker about one round trip, still one task per such worker.
+AHEAD_ROUND_TRIPS = 2.0
+
+
+def pop_horizon(round_trip: float) -> float:
+    """How soon a busy worker must expect to be free to get its next pop now (see AHEAD_ROUND_TRIPS)."""
+    return AHEAD_ROUND_TRIPS * round_trip
+
+
+def pops_wanted(*, idle: int, free_at: Iterable[float | None], now: float, horizon: float, held: int,
                 in_flight: int, prefetch: int = 0) -> int:
     """How many workers to pop for now: each idle worker and each busy worker that will be free
-    within one pop round trip (``free_at`` of each busy worker, None when unknown), plus the
-    prefetch, minus the tasks (groups) already held and the workers the pops in flight are meant
-    for. So no more than one task waits per worker that will be free by the time it arrives (no
-    hoarding)."""
-    soon = sum(1 for when in free_at if when is not None and when <= now + round_trip)
+    within the ``horizon`` (:func:`pop_horizon`; ``free_at`` of each busy worker, None when
+    unknown), plus the prefetch, minus the tasks (groups) already held and the workers the pops in
+    flight are meant for. So no more than one task waits per worker that will be free about when
+    it arrives (no hoarding)."""
+    soon = sum(1 for when in free_at if when is not None and when <= now + horizon)
     return idle + soon + prefetch - held - in_flight
 
 
-def next_soon(free_at: Iterable[float | None], now: float, round_trip: float) -> float | None:
+def next_soon(free_at: Iterable[float | None], now: float, horizon: float) -> float | None:
     """The earliest moment a busy worker not yet counted by :func:`pops_wanted` will be: when the
     loop must wake up to pop for it."""
-    later = [when - round_trip for when in free_at if when is not None and when > now + round_trip]
+    later = [when - horizon for when in free_at if when is not None and when > now + horizon]
     return min(later) if later else None
 
 

@@ -41,7 +41,7 @@ class PoolSettings:
     #: requests (2 + 1/(N+1) per task) for queues that are always full.
     prefetch: int = 0
     #: Pop for a worker before it is free: once its boefje has returned (while it posts the output),
-    #: or when its boefje usually ends within one pop round trip, so the round trip overlaps the end
+    #: or when its boefje usually ends within two pop round trips, so the round trip overlaps the end
     #: of the task. At most one task waits per such worker, in the supervisor (any idle worker may
     #: take it); the rule is ``pops_wanted`` (popthreads.py). False: pop only for idle workers.
     pop_ahead: bool = True
