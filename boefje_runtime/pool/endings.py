@@ -41,6 +41,19 @@ def lost(worker: WorkerHandle, now: float, how_it_ended: str, finalizer: Finaliz
     settle_assignment(finalizer, assignment, TaskExit.WORKER_LOST, now, reason=reason)
 
 
+def next_lost(worker: WorkerHandle, now: float, finalizer: Finalizer) -> None:
+    """``worker`` was killed after it reported its task done, so it may have started the next task
+    it was sent (its ``running`` PATCH may have landed): that task is failed saying so, never
+    handed out again."""
+    assignment, worker.next = worker.next, None
+    if assignment is None:
+        return
+    how = f"(pid {worker.pid}) was killed ({worker.why}) just as it took this task"
+    with log_context(**Ticket.of(assignment.task).log_fields()):
+        logger.error("Worker pid=%d was killed just as it took the task", worker.pid)
+    settle_assignment(finalizer, assignment, TaskExit.WORKER_LOST, now, reason=TaskExit.WORKER_LOST.reason(how=how))
+
+
 def settle_assignment(finalizer: Finalizer, assignment: Assignment, how: TaskExit, now: float, *,
                       reason: str) -> None:
     """The main task leaves ``how``; its duplicates, which got no output, go back to the queue."""

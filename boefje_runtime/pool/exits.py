@@ -48,7 +48,8 @@ class TaskExit(enum.Enum):
     COMPLETED = ("completed", Action.NOTHING, "completed")
     #: The worker delivered a FAILED output (the boefje raised, was not found, output too large).
     FAILED = ("failed", Action.NOTHING, "the boefje failed; its error file was delivered")
-    #: The worker process ended while holding the task (crash, OOM kill, exit, broken protocol).
+    #: The worker process ended while holding the task (crash, OOM kill, exit, broken protocol), or
+    #: was killed after reporting its task done while its next task was in its pipe (maybe started).
     WORKER_LOST = ("worker_lost", Action.CLOSE, "the worker process {how} while running this task")
     #: The boefje ran longer than ``task_timeout``: its process tree was killed.
     TIMED_OUT = ("timed_out", Action.CLOSE, "timed out after {timeout:g} s")
@@ -66,7 +67,8 @@ class TaskExit(enum.Enum):
     UNDELIVERABLE = ("undeliverable", Action.CLOSE, "the boefje's output could not be delivered: {error}")
     #: A popped task that does not parse (but has an id): nobody else will run it.
     MALFORMED = ("malformed", Action.CLOSE, "the task could not be read: {error}")
-    #: Popped but never started (shutdown, or more than the pool should hold): back on the queue.
+    #: Popped but never started (shutdown, more than the pool should hold, a next task its worker
+    #: never read during the drain): back on the queue.
     PUSHED_BACK = ("pushed_back", Action.PUSH, "popped but not started")
     #: A duplicate whose output the worker delivered (its leader's).
     DUPLICATE_DELIVERED = ("duplicate_delivered", Action.NOTHING, "got its leader's output")

@@ -4,7 +4,9 @@ The protocol on a worker's pipe (worker.py sends, this module reads):
 
 - ``("ready", pid)``: imports done; STARTING -> IDLE (or it is told to stop, when draining);
 - ``("done", task_id, report, duration, retiring)``: how each task of the assignment left
-  (worker.Report); -> IDLE, or RETIRING when it leaves after this task.
+  (worker.Report); -> IDLE, or RETIRING when it leaves after this task. A worker that stays and
+  was sent its next task while it delivered (``WorkerHandle.next``) reads it right after this
+  message: it is its task from here on (-> ASSIGNED).
 
 Between the two, a worker only marks its progress on its page (progress.py), which
 :meth:`Mailbox.read_progress` reads at every step: the boefje started, ASSIGNED -> BUSY; it
@@ -55,9 +57,13 @@ class Mailbox:
         return True
 
     def handle(self, worker: WorkerHandle, message: Any, now: float, *, draining: bool) -> None:
-        if worker.state is S.KILLED:
-            return  # its task was settled when it was killed; whatever it says now is moot
         kind = message[0] if isinstance(message, tuple) and message else None
+        if worker.state is S.KILLED:
+            # its task was settled when it was killed; what it says now is moot, except that a
+            # "done" sent before the kill means it may have started the next task it was sent
+            if kind == "done" and worker.next is not None:
+                endings.next_lost(worker, now, self.finalizer)
+            return
         if kind == "ready":
             self._ready(worker, now, draining)
         elif kind == "done" and len(message) == 5:
@@ -109,9 +115,9 @@ class Mailbox:
             worker.why = retiring
             worker.move(S.RETIRING, now)
             logger.info("Worker pid=%d is being replaced: %s", worker.pid, retiring)
-        else:
+        else:  # (a retiring worker leaves its next task unread: given back when it is reaped)
             worker.move(S.IDLE, now)
-            if draining:
+            if not worker.take_next(now) and draining:
                 stop(worker, now)
 
     def _settle(self, assignment, report: Report, duration: float, now: float) -> None:

@@ -92,11 +92,14 @@ class Poller:
 
     def free_at(self, workers: Iterable[WorkerHandle], now: float) -> list[float | None]:
         """When each worker holding a task should be free (None: unknown). One that is only
-        delivering its output is free now; with pop-ahead off, none is counted before it is idle."""
+        delivering its output is free now; one that was sent its next task already is not counted
+        (that task is its pop-ahead); with pop-ahead off, none is counted before it is idle."""
         if not self.settings.pop_ahead:
             return []
         times: list[float | None] = []
         for worker in workers:
+            if worker.next is not None:
+                continue
             if worker.free_soon:
                 times.append(now)
             elif worker.holds_task and worker.assignment is not None:

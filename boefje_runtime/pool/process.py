@@ -63,6 +63,12 @@ class WorkerHandle:
         self.deadline = bounds.deadline(WorkerState.STARTING, now)
         self.ready_at: float | None = None
         self.assignment: Assignment | None = None
+        #: Its next task, sent while it delivers the current one's output (see :meth:`takes_next`):
+        #: in its pipe, not yet its own. It reads its pipe only after it reported the current task
+        #: done, so until that "done" is read this task was not started; the "done" makes it the
+        #: worker's (:meth:`take_next`), and a worker that leaves the pool without reporting gives
+        #: it back unstarted.
+        self.next: Assignment | None = None
         #: Its progress page: how far it is with the task it holds (read by messages.Mailbox).
         self.progress = progress
         #: Tasks handed to it so far: the number of the one it holds, as its progress page names it.
@@ -110,6 +116,26 @@ class WorkerHandle:
         self.assignment = assignment
         self.tasks_given += 1
         self.move(WorkerState.ASSIGNED, now)
+
+    def takes_next(self, now: float, round_trip: float) -> bool:
+        """May be sent its next task now: it only posts its output, for no longer than a pop round
+        trip so far, and has no next task yet. Why: the worker then finds the task in its pipe the
+        moment it reports "done", instead of waiting for the supervisor to wake, read the report and
+        answer (measured: a worker of a trivial boefje waited about 1.7 ms of its 7.5 ms per task).
+        Why only then: a task sent to a worker cannot be taken back, so it must not wait behind a
+        boefje's run (unbounded) or a delivery already slower than an API call usually is; it goes
+        to whichever worker is free first instead."""
+        return self.state is WorkerState.DELIVERING and self.next is None and now - self.since <= round_trip
+
+    def take_next(self, now: float) -> bool:
+        """It reported its task done and stays: the next task it was sent is its task now (ASSIGNED).
+        False when it had none."""
+        assignment, self.next = self.next, None
+        if assignment is None:
+            return False
+        assignment.started = now
+        self.assign(assignment, now)
+        return True
 
     def looked(self, now: float) -> None:
         """Its page was read at ``now`` and the boefje had not started: it cannot time out before

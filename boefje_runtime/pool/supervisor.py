@@ -308,6 +308,9 @@ class WorkerPool:
         self._mailbox.read(worker, self._clock(), draining=self._phase is Phase.DRAINING)
 
     def _forget(self, worker: WorkerHandle) -> None:
+        if worker.next is not None:  # sent but never read: it left before it reported its task done
+            self._give_back(worker.next, self._clock())
+            worker.next = None
         self._unregister(worker.conn, worker.process.sentinel)
         worker.conn.close()
         if worker.progress is not None:  # unmapped now, not whenever the handle is collected
@@ -379,9 +382,16 @@ class WorkerPool:
         self._held.extend(answer.groups)
 
     def _dispatch(self, now: float) -> None:
-        idle = [worker for worker in self.workers if worker.takes_task]
-        while self._held and idle:
-            worker, group = idle.pop(0), self._held.popleft()
+        """Hand held tasks to idle workers first, then, as their next task, to workers that only
+        post their output (``WorkerHandle.takes_next``; not with pop-ahead off)."""
+        if not self._held:
+            return
+        takers = [worker for worker in self.workers if worker.takes_task]
+        if self.settings.pop_ahead:
+            round_trip = self._poller.round_trip
+            takers += [worker for worker in self.workers if worker.takes_next(now, round_trip)]
+        while self._held and takers:
+            worker, group = takers.pop(0), self._held.popleft()
             assignment = Assignment(group[0], group[1:], now)
             pop = self._pop_traces.pop(group[0].id, None) if self._pop_traces else None
             if not worker.send(("task", assignment.task.raw, [task.raw for task in assignment.duplicates], pop)):
@@ -389,11 +399,23 @@ class WorkerPool:
                 if pop is not None:
                     self._pop_traces[group[0].id] = pop
                 continue
-            worker.assign(assignment, now)
+            if worker.takes_task:
+                worker.assign(assignment, now)
+            else:
+                worker.next = assignment
             if pop is not None:  # the finalizer's calls for these tasks continue the task's trace
                 for member in group:
                     self._finalizer.traces[member.id] = pop
             emit(self.listeners, "task_started", assignment.task.data.boefje.id)
+
+    def _give_back(self, assignment: Assignment, now: float) -> None:
+        """A next task a worker was sent but never read (it retired, died or was killed first): held
+        again for the next free worker, or, once draining, pushed back to the queue unchanged."""
+        if self._phase is Phase.RUNNING:
+            self._held.appendleft(assignment.tasks)
+            return
+        for task in assignment.tasks:
+            self._finalizer.settle(Ticket.of(task), TaskExit.PUSHED_BACK, now)
 
     # -- shutdown (the order is written down in shutdown.py) -------------------------------------
 
@@ -439,14 +461,17 @@ class WorkerPool:
     def _wait(self, timeout: float) -> None:
         """Sleep until a worker reports or exits, a signal arrives, or ``timeout`` passes.
 
-        A pop's answer wakes the loop only when a worker could take a task now. While every worker
-        is busy (pop-ahead: the next task is popped before a worker is free), the answer waits for
-        the worker's "done", whose step collects it and hands it out: one wake-up per task instead
-        of two (measured: about 6 % of the supervisor's CPU per task)."""
+        A pop's answer wakes the loop only when a worker could take a task now, or may soon take it
+        as its next (one holding a task without a next one: whether it only delivers is read from its
+        progress page in the step). While none can, the answer waits for a worker's "done", whose
+        step collects it and hands it out: no wake-up for nothing (measured: a wake-up is about 6 %
+        of the supervisor's CPU per task)."""
         if self._shutdown.unanswered:
             return
         pops = self._poller.pops
-        pops.wake_on_answer = self._phase is not Phase.RUNNING or any(worker.takes_task for worker in self.workers)
+        ahead = self.settings.pop_ahead
+        pops.wake_on_answer = self._phase is not Phase.RUNNING or any(
+            worker.takes_task or (ahead and worker.holds_task and worker.next is None) for worker in self.workers)
         if pops.wake_on_answer and pops.answered:
             return  # it came after the step collected (the pop thread read the flag before we set it)
         self._ready = self._selector.select(timeout)
@@ -463,6 +488,11 @@ class WorkerPool:
                              reason=TaskExit.SHUT_DOWN.reason(why="the supervisor exited"))
         for worker in self.workers:
             worker.process.join(5)
+            if worker.next is not None:
+                self._last_words(worker)  # (a "done" sent before the kill: it may have started it)
+            if worker.next is not None:
+                self._give_back(worker.next, now)
+                worker.next = None
         if self._finalizer.blocking:
             self._finalizer.run(now)
         self._reaper.end()

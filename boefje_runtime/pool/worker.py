@@ -55,6 +55,10 @@ class _Flags:
     stop = False
 
 
+#: Why a worker leaves after its task when it got SIGTERM meanwhile (the drain's deadline).
+STOP_REASON = "it got SIGTERM while running its task"
+
+
 def install_signals() -> None:
     """Own handlers first, then unblock (the supervisor forked us with them blocked).
 
@@ -146,9 +150,11 @@ def worker_main(conn: Connection, spec: WorkerSpec, parent_pid: int, progress_fd
             if leftovers:
                 logger.warning("Killed %d processes that task %s left behind", leftovers, raw_task["id"])
             tasks_done += 1
-            # Decided before reporting, in the same message: otherwise the supervisor could hand a
-            # new task to a worker that is about to leave.
-            reason = retire_reason(tasks_done, spec.max_tasks_per_child, spec.max_memory_per_child)
+            # Decided before reporting, in the same message: the supervisor may have sent our next
+            # task already (process.py, WorkerHandle.next); a worker that says it stays reads it, one
+            # that says it leaves does not, and the supervisor gives it back.
+            reason = retire_reason(tasks_done, spec.max_tasks_per_child, spec.max_memory_per_child) or (
+                STOP_REASON if _Flags.stop else None)
             conn.send(("done", raw_task["id"], report, time.monotonic() - started, reason))
             if reason:
                 return
