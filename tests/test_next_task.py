@@ -101,6 +101,7 @@ def test_a_next_task_sent_to_a_worker_that_retires_runs_on_another(boefje_api, m
     assert second_pid.read_text() != first_pid.read_text()
     assert boefje_api.history(second_id) == ["queued", "dispatched", "running", "completed"]
     assert pool.stop(timeout=30) == 0
+    assert pool.stats.started == 4  # two to learn, the first and the next: each counted once
 
 
 def test_a_next_task_sent_to_a_worker_killed_while_delivering_runs_on_another(boefje_api, make_pool, tmp_path):
@@ -119,6 +120,7 @@ def test_a_next_task_sent_to_a_worker_killed_while_delivering_runs_on_another(bo
     gate.open()  # the dead worker's held output lands or the supervisor closes it: either way closed
     wait_until(lambda: boefje_api.status(first_id) in ("completed", "failed"), 15, "the first task to be closed")
     assert pool.stop(timeout=30) == 0
+    assert pool.stats.started == 4
 
 
 def test_a_next_task_sent_before_the_drain_runs_within_the_grace_period(boefje_api, make_pool, tmp_path):

@@ -117,7 +117,9 @@ class Mailbox:
             logger.info("Worker pid=%d is being replaced: %s", worker.pid, retiring)
         else:  # (a retiring worker leaves its next task unread: given back when it is reaped)
             worker.move(S.IDLE, now)
-            if not worker.take_next(now) and draining:
+            if worker.take_next(now):
+                emit(self.listeners, "task_started", worker.assignment.task.data.boefje.id)
+            elif draining:
                 stop(worker, now)
 
     def _settle(self, assignment, report: Report, duration: float, now: float) -> None:

@@ -399,20 +399,25 @@ class WorkerPool:
                 if pop is not None:
                     self._pop_traces[group[0].id] = pop
                 continue
-            if worker.takes_task:
-                worker.assign(assignment, now)
-            else:
-                worker.next = assignment
             if pop is not None:  # the finalizer's calls for these tasks continue the task's trace
                 for member in group:
                     self._finalizer.traces[member.id] = pop
-            emit(self.listeners, "task_started", assignment.task.data.boefje.id)
+            if worker.takes_task:
+                worker.assign(assignment, now)
+                emit(self.listeners, "task_started", assignment.task.data.boefje.id)
+            else:
+                worker.next = assignment  # started (and counted) when its "done" is read: messages.py
 
     def _give_back(self, assignment: Assignment, now: float) -> None:
         """A next task a worker was sent but never read (it retired, died or was killed first): held
         again for the next free worker, or, once draining, pushed back to the queue unchanged."""
         if self._phase is Phase.RUNNING:
             self._held.appendleft(assignment.tasks)
+            trace = None
+            for task in assignment.tasks:  # its pop's trace goes with it to the next worker
+                trace = self._finalizer.traces.pop(task.id, None) or trace
+            if trace is not None:
+                self._pop_traces[assignment.task.id] = trace
             return
         for task in assignment.tasks:
             self._finalizer.settle(Ticket.of(task), TaskExit.PUSHED_BACK, now)
