@@ -1,13 +1,15 @@
-"""CPU per task of the pool in two or more checkouts, measured in turns: ``python benchmarks/compare.py A B``.
+"""CPU per task and throughput of the pool in two or more checkouts, measured in turns:
+``python benchmarks/compare.py A B``.
 
 Why: on a shared machine the CPU a task costs drifts by more than most changes move it (the same
-code measured 5.2 and 6.8 ms per task an hour apart), so a before/after taken from two benchmark
-runs says little. This runs a pool of 2 from each checkout (``PYTHONPATH`` set to it, a burst of
-``--tasks`` tasks against the test Boefje API) and one bare ``requests`` loop, in turns, for
-``--rounds`` rounds, after one uncounted warm-up run each: whatever the machine does meanwhile hits
-all of them alike. It prints each one's
-median CPU per task (the whole process tree: the pool reaps its workers) and, per round, the ratio
-of each pool to that round's bare loop.
+code measured 5.2 and 6.8 ms per task an hour apart), and so does throughput, so a before/after
+taken from two benchmark runs says little. This runs a pool of 2 from each checkout (``PYTHONPATH``
+set to it, a burst of ``--tasks`` tasks against the test Boefje API), one bare ``requests`` loop
+(the CPU floor) and two bare loops in parallel (the throughput floor), in turns, for ``--rounds``
+rounds, after one uncounted warm-up run each: whatever the machine does meanwhile hits all of them
+alike. It prints each one's median CPU per task (the whole process tree: the pool reaps its
+workers) and tasks/s (start of the processes to their exit, start-up included: use enough tasks),
+and per round the ratio of each pool to that round's floors.
 
 Example: ``git worktree add /tmp/before HEAD~3`` and ``python benchmarks/compare.py /tmp/before .``.
 """
@@ -20,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -27,17 +30,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness as h
 
 HERE = Path(__file__).resolve().parent
+BARE, BARE_X2 = "bare loop", "2 bare loops"
 
 
-def cpu_per_task(checkout: Path, code: str, tasks: int, pycache: Path) -> float:
-    """CPU milliseconds per task of ``code`` (run with ``harness`` importable and ``checkout`` first
-    on the path) and every process it waited for."""
+def run_job(checkout: Path, code: str, tasks: int, pycache: Path, processes: int = 1) -> tuple[float, float]:
+    """Run ``processes`` copies of ``code`` (``harness`` importable, ``checkout`` first on the path)
+    at once: CPU milliseconds per task of them and every process they waited for, and tasks/s."""
     env = h.child_env(pycache / checkout.name, PYTHONPATH=str(checkout))
     program = f"import sys; sys.path.insert(0, {str(HERE)!r}); import harness as h; {code}"
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run([sys.executable, "-c", program], env=env, check=True, timeout=300)
+    started = time.perf_counter()
+    running = [subprocess.Popen([sys.executable, "-c", program], env=env) for _ in range(processes)]
+    for process in running:
+        if process.wait(timeout=300) != 0:
+            raise RuntimeError(f"{code} exited {process.returncode}")
+    wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return 1000 * (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / tasks
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return 1000 * cpu / tasks, tasks / wall
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,28 +61,34 @@ def main(argv: list[str] | None = None) -> int:
         if not (checkout / "boefje_runtime" / "__init__.py").exists():
             parser.error(f"{checkout} is not a checkout of this repository")
     h.preload()
-    runs: dict[str, list[float]] = {}
+    runs: dict[str, list[tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="boefje-compare-") as scratch, h.APIServerProcess() as server:
-        jobs = [(f"[{index}] {path}", path, f"h.pool_main({server.url!r}, 2)")  # numbered: the same
+        jobs = [(f"[{index}] {path}", path, f"h.pool_main({server.url!r}, 2)", 1)  # numbered: the same
                 for index, path in enumerate(checkouts, 1)]  # checkout may be given twice (an A/A run)
-        jobs.append(("bare loop", checkouts[0], f"h.bare_loop({server.url!r}, True)"))
-        for _, checkout, code in jobs:  # not counted: byte-code compiled and files cached first
+        jobs.append((BARE, checkouts[0], f"h.bare_loop({server.url!r}, True)", 1))
+        jobs.append((BARE_X2, checkouts[0], f"h.bare_loop({server.url!r}, True)", 2))
+        for _, checkout, code, processes in jobs:  # not counted: byte-code compiled and files cached first
             server.call("reset")
             server.call("enqueue", 100, False, 1)
-            cpu_per_task(checkout, code, 100, Path(scratch))
+            run_job(checkout, code, 100, Path(scratch), processes)
         for round_number in range(args.rounds):
-            for name, checkout, code in jobs:
+            for name, checkout, code, processes in jobs:
                 server.call("reset")
                 server.call("enqueue", args.tasks, False, 1)
-                runs.setdefault(name, []).append(cpu_per_task(checkout, code, args.tasks, Path(scratch)))
+                runs.setdefault(name, []).append(run_job(checkout, code, args.tasks, Path(scratch), processes))
             print(f"round {round_number + 1}/{args.rounds}: "
-                  + ", ".join(f"{name} {values[-1]:.2f}" for name, values in runs.items()), flush=True)
-    bare = runs["bare loop"]
+                  + ", ".join(f"{name} {values[-1][0]:.2f} ms {values[-1][1]:.0f}/s" for name, values in runs.items()),
+                  flush=True)
     for name, values in runs.items():
-        line = f"{name}: {statistics.median(values):.2f} ms per task ({min(values):.2f}-{max(values):.2f})"
-        if name != "bare loop":
-            ratios = [value / floor for value, floor in zip(values, bare, strict=True)]
-            line += f"; / bare loop, median {statistics.median(ratios):.3f}, per round {[round(r, 3) for r in ratios]}"
+        cpu, rate = [value[0] for value in values], [value[1] for value in values]
+        line = (f"{name}: {statistics.median(cpu):.2f} ms per task ({min(cpu):.2f}-{max(cpu):.2f}), "
+                f"{statistics.median(rate):.0f} tasks/s")
+        if name not in (BARE, BARE_X2):
+            cpu_ratios = [value / floor for value, floor in zip(cpu, [v[0] for v in runs[BARE]], strict=True)]
+            rate_ratios = [value / floor for value, floor in zip(rate, [v[1] for v in runs[BARE_X2]], strict=True)]
+            line += (f"; CPU / bare loop, median {statistics.median(cpu_ratios):.3f}, per round "
+                     f"{[round(r, 3) for r in cpu_ratios]}; tasks/s / 2 bare loops, median "
+                     f"{statistics.median(rate_ratios):.3f}, per round {[round(r, 3) for r in rate_ratios]}")
         print(line)
     return 0
 
