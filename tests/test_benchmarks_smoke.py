@@ -85,7 +85,7 @@ COMPARE = ROOT / "benchmarks" / "compare.py"
 
 @pytest.mark.slow
 @pytest.mark.timeout(170)
-def test_compare_runs_each_checkout_and_the_bare_loop_in_turns():
+def test_compare_runs_each_checkout_and_the_bare_loops_in_turns():
     result = subprocess.run([sys.executable, str(COMPARE), str(ROOT), str(ROOT), "--tasks", "40", "--rounds", "2"],
                             capture_output=True, text=True, timeout=150)
 
@@ -93,8 +93,10 @@ def test_compare_runs_each_checkout_and_the_bare_loop_in_turns():
     lines = result.stdout.splitlines()
     assert [line.split(":")[0] for line in lines[:2]] == ["round 1/2", "round 2/2"]
     summary = [line for line in lines if "ms per task" in line]
-    assert len(summary) == 3 and summary[-1].startswith("bare loop: ")
-    assert all("/ bare loop, median" in line for line in summary[:2])
+    assert len(summary) == 4
+    assert summary[-2].startswith("bare loop: ") and summary[-1].startswith("2 bare loops: ")
+    assert all("CPU / bare loop, median" in line and "tasks/s / 2 bare loops, median" in line
+               for line in summary[:2])
 
 
 def test_compare_refuses_a_folder_that_is_not_a_checkout(tmp_path):
