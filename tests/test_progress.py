@@ -31,6 +31,10 @@ def test_a_read_never_sees_a_half_written_mark():
     os.close(fd)
     reads, torn, last = 0, [], 0
     try:
+        # the writer is a new interpreter: on a loaded machine it may take seconds to start marking
+        first_mark = time.monotonic() + 30
+        while (page.read() or (0,))[0] == 0 and time.monotonic() < first_mark and writer.poll() is None:
+            time.sleep(0.01)  # (polling a page with a deadline; nothing to wait on)
         deadline = time.monotonic() + 1.5
         while time.monotonic() < deadline:
             mark = page.read()
