@@ -24,6 +24,7 @@ import pytest
 
 from boefje_runtime.pool import WorkerPool
 from boefje_runtime.pool.lifecycle import WorkerState
+from boefje_runtime.pool.process import SEND_AHEAD_BYTES
 
 from .helpers import GatedAPI, alive, hold_task, running_gated_api, wait_until
 
@@ -88,9 +89,11 @@ def test_a_delivering_worker_is_sent_its_next_task_and_runs_it_once_done(boefje_
     assert pool.stop(timeout=30) == 0
 
 
-def test_a_next_task_sent_to_a_worker_that_retires_runs_on_another(boefje_api, make_pool, tmp_path):
-    # Given a worker that leaves after each task, sent its next task while it delivers
-    pool = learned_pool(boefje_api, make_pool, tmp_path, max_tasks_per_child=1)
+@pytest.mark.parametrize("task_limit", [None, 4], ids=["no-limit", "limit-reached-with-it"])
+def test_a_next_task_sent_to_a_worker_that_retires_runs_on_another(boefje_api, make_pool, tmp_path, task_limit):
+    # Given a worker that leaves after each task, sent its next task while it delivers (and, with a
+    # task limit of 4, that task is the last one the pool may pop: the pool must not end before it ran)
+    pool = learned_pool(boefje_api, make_pool, tmp_path, max_tasks_per_child=1, max_tasks=task_limit)
     first_id, second_id, first_pid, second_pid, gate = next_sent_while_delivering(boefje_api, pool, tmp_path)
 
     # When it finishes its task and retires without reading the next one
@@ -102,6 +105,31 @@ def test_a_next_task_sent_to_a_worker_that_retires_runs_on_another(boefje_api, m
     assert boefje_api.history(second_id) == ["queued", "dispatched", "running", "completed"]
     assert pool.stop(timeout=30) == 0
     assert pool.stats.started == 4  # two to learn, the first and the next: each counted once
+
+
+def test_a_task_too_big_to_wait_in_a_pipe_waits_in_the_supervisor(boefje_api, make_pool, tmp_path):
+    # Given a worker delivering its output (held), and a next task larger than a pipe should hold
+    # while nobody reads it
+    pool = learned_pool(boefje_api, make_pool, tmp_path)
+    first, _ = quick_task(tmp_path, "first")
+    second, second_pid = quick_task(tmp_path, "second")
+    second["data"]["arguments"]["padding"] = "x" * (SEND_AHEAD_BYTES + 1)
+    first_id = boefje_api.enqueue(first)
+    gate = boefje_api.gate("output", first_id)
+    second_id = boefje_api.enqueue(second)
+    assert gate.arrived.wait(15), "the first task's output never arrived"
+
+    # When its pop comes back
+    boefje_api.wait_for_status(second_id, "dispatched", timeout=15)
+    wait_until(lambda: pool._held, 10, "the popped task to be held")  # (the step after the answer)
+
+    # Then it is not sent ahead (a blocked send would stall the supervisor), and runs once the
+    # worker is free
+    assert all(worker.next is None for worker in pool.workers)
+    gate.open()
+    boefje_api.wait_for_status([first_id, second_id], "completed", timeout=15)
+    assert second_pid.exists()
+    assert pool.stop(timeout=30) == 0
 
 
 def test_a_next_task_sent_to_a_worker_killed_while_delivering_runs_on_another(boefje_api, make_pool, tmp_path):

@@ -48,7 +48,7 @@ def next_lost(worker: WorkerHandle, now: float, finalizer: Finalizer) -> None:
     assignment, worker.next = worker.next, None
     if assignment is None:
         return
-    how = f"(pid {worker.pid}) was killed ({worker.why}) just as it took this task"
+    how = f"(pid {worker.pid}) was killed ({worker.why}) right after its previous task, so possibly"
     with log_context(**Ticket.of(assignment.task).log_fields()):
         logger.error("Worker pid=%d was killed just as it took the task", worker.pid)
     settle_assignment(finalizer, assignment, TaskExit.WORKER_LOST, now, reason=TaskExit.WORKER_LOST.reason(how=how))

@@ -60,8 +60,8 @@ class Mailbox:
         kind = message[0] if isinstance(message, tuple) and message else None
         if worker.state is S.KILLED:
             # its task was settled when it was killed; what it says now is moot, except that a
-            # "done" sent before the kill means it may have started the next task it was sent
-            if kind == "done" and worker.next is not None:
+            # "done" that said it stays means it may have started the next task it was sent
+            if _stays_after(message):
                 endings.next_lost(worker, now, self.finalizer)
             return
         if kind == "ready":
@@ -108,6 +108,8 @@ class Mailbox:
         ):
             held = worker.assignment.task.id if worker.assignment else "none"
             self._broken(worker, now, f"it reported task {task_id} done while holding {held}")
+            if _stays_after(message):  # it reads its pipe on: it may have started its next task
+                endings.next_lost(worker, now, self.finalizer)
             return
         assignment, worker.assignment = worker.assignment, None
         self._settle(assignment, report, duration, now)
@@ -140,6 +142,12 @@ class Mailbox:
         logger.error("%s; killing it", why)
         endings.kill(worker, now, why, self.finalizer, TaskExit.WORKER_LOST)
         emit(self.listeners, "worker_exited", "broken")
+
+
+def _stays_after(message: Any) -> bool:
+    """A "done" in which the worker says it stays: it reads its pipe next (and may start the task
+    it finds there). One that says it leaves never reads it again."""
+    return isinstance(message, tuple) and len(message) == 5 and message[0] == "done" and not message[4]
 
 
 def stop(worker: WorkerHandle, now: float) -> None:

@@ -15,6 +15,7 @@ import select
 import signal
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
 from typing import TYPE_CHECKING, Any
 
 from .. import process_tree
@@ -25,6 +26,13 @@ from .progress import ProgressPage
 if TYPE_CHECKING:
     from .forkserver import ForkedProcess, ForkServer
 
+
+
+#: The largest task message sent to a worker ahead (``WorkerHandle.next``). The pipe's send buffer
+#: is about 200 KB on Linux, and a worker that is delivering reads nothing until it is done: a
+#: bigger message (a large duplicate group, large arguments) would block the supervisor's loop in
+#: the send until then. It waits in the supervisor instead, like any task without a taker.
+SEND_AHEAD_BYTES = 32 * 1024
 
 
 @dataclass
@@ -177,8 +185,12 @@ class WorkerHandle:
 
     def send(self, message: tuple[Any, ...]) -> bool:
         """Send to the worker; False when its end of the pipe is gone (it died)."""
+        return self.send_bytes(ForkingPickler.dumps(message))
+
+    def send_bytes(self, payload: bytes | memoryview) -> bool:
+        """Send a message pickled already (:meth:`send`); False when the worker's end is gone."""
         try:
-            self.conn.send(message)
+            self.conn.send_bytes(payload)
         except (OSError, ValueError):
             return False
         return True

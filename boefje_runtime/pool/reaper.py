@@ -84,6 +84,7 @@ class Reaper:
                     self._kill_session_strays(worker)
                 self._bury(worker, now)
             elif worker.state is S.KILLED and worker.overdue(now):
+                last_words(worker)  # (its pipe is readable whatever the process's state)
                 logger.error("Worker pid=%d did not end %g s after SIGKILL (stuck in the kernel?); giving up on it",
                              worker.pid, now - worker.since)
             else:

@@ -27,6 +27,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from multiprocessing.reduction import ForkingPickler
 from typing import TYPE_CHECKING
 
 from ..client import BoefjeAPIClient
@@ -47,7 +48,7 @@ from .forkserver import ForkServer
 from .lifecycle import Bounds, WorkerState, call_bound
 from .messages import Mailbox
 from .polling import Answer, Poller
-from .process import Assignment, WorkerHandle, start_worker
+from .process import SEND_AHEAD_BYTES, Assignment, WorkerHandle, start_worker
 from .reaper import Reaper
 from .settings import PoolSettings
 from .shutdown import FINALIZE_GRACE, Shutdown
@@ -356,7 +357,7 @@ class WorkerPool:
         """Start pops for free workers (the poller decides how many); end the pool at the task
         limit, or in burst mode once the queue is empty and nothing is left to do."""
         poller = self._poller
-        busy = any(worker.holds_task for worker in self.workers)
+        busy = any(worker.holds_task or worker.next is not None for worker in self.workers)
         settled = not busy and not self._held and not poller.pops.in_flight
         if poller.exhausted:
             if settled:
@@ -394,8 +395,13 @@ class WorkerPool:
             worker, group = takers.pop(0), self._held.popleft()
             assignment = Assignment(group[0], group[1:], now)
             pop = self._pop_traces.pop(group[0].id, None) if self._pop_traces else None
-            if not worker.send(("task", assignment.task.raw, [task.raw for task in assignment.duplicates], pop)):
-                self._held.appendleft(group)  # it died before it got the task; the reaper replaces it
+            message = ForkingPickler.dumps(
+                ("task", assignment.task.raw, [task.raw for task in assignment.duplicates], pop))
+            ahead_too_big = not worker.takes_task and len(message) > SEND_AHEAD_BYTES
+            if ahead_too_big or not worker.send_bytes(message):
+                # too big to wait in a pipe nobody reads yet, or the worker died before it got it
+                # (the reaper replaces it): held for the next taker
+                self._held.appendleft(group)
                 if pop is not None:
                     self._pop_traces[group[0].id] = pop
                 continue
@@ -419,7 +425,10 @@ class WorkerPool:
             if trace is not None:
                 self._pop_traces[assignment.task.id] = trace
             return
-        for task in assignment.tasks:
+        self._push_back(assignment.tasks, now)
+
+    def _push_back(self, tasks: list[Task], now: float) -> None:
+        for task in tasks:
             self._finalizer.settle(Ticket.of(task), TaskExit.PUSHED_BACK, now)
 
     # -- shutdown (the order is written down in shutdown.py) -------------------------------------
@@ -496,8 +505,11 @@ class WorkerPool:
             if worker.next is not None:
                 self._last_words(worker)  # (a "done" sent before the kill: it may have started it)
             if worker.next is not None:
-                self._give_back(worker.next, now)
+                self._push_back(worker.next.tasks, now)
                 worker.next = None
+        if self._held:  # (left by an exception out of the running loop)
+            self._push_back([task for group in self._held for task in group], now)
+            self._held.clear()
         if self._finalizer.blocking:
             self._finalizer.run(now)
         self._reaper.end()
