@@ -159,8 +159,8 @@ class PopThreads:
         self._queued = 0  # jobs put and not yet taken by a thread
         self._lock = threading.Lock()
         self._inline_api: tuple[BoefjeAPIClient, PopTracer | None] | None = None
-        #: Set by the loop before it sleeps: False while no worker could take a task now, so an
-        #: answer waits for the step that a worker's "done" brings (see WorkerPool._wait).
+        #: Set by the loop before it sleeps: False while no worker could take a task now nor soon
+        #: as its next, so an answer waits for the step a worker's "done" brings (WorkerPool._wait).
         self.wake_on_answer = True
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)

@@ -477,9 +477,10 @@ class WorkerPool:
 
         A pop's answer wakes the loop only when a worker could take a task now, or may soon take it
         as its next (one holding a task without a next one: whether it only delivers is read from its
-        progress page in the step). While none can, the answer waits for a worker's "done", whose
-        step collects it and hands it out: no wake-up for nothing (measured: a wake-up is about 6 %
-        of the supervisor's CPU per task)."""
+        progress page in the step, so with busy workers most answers wake it). While none can (all
+        idle workers gone, every busy one with its next task), the answer waits for a worker's
+        "done", whose step collects it and hands it out (a wake-up is about 6 % of the supervisor's
+        CPU per task; sending the next task ahead saves more than the wake-ups it costs)."""
         if self._shutdown.unanswered:
             return
         pops = self._poller.pops
