@@ -41,9 +41,15 @@ def run_job(checkout: Path, code: str, tasks: int, pycache: Path, processes: int
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     running = [subprocess.Popen([sys.executable, "-c", program], env=env) for _ in range(processes)]
-    for process in running:
-        if process.wait(timeout=300) != 0:
-            raise RuntimeError(f"{code} exited {process.returncode}")
+    try:
+        for process in running:
+            if process.wait(timeout=300) != 0:
+                raise RuntimeError(f"{code} exited {process.returncode}")
+    finally:  # a hung or failed run: its siblings are killed and reaped here, not left behind
+        for process in running:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
