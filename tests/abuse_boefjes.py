@@ -88,7 +88,8 @@ from pathlib import Path
 
 def run(boefje_meta):
     \"\"\"Start a `sleep` child and a daemon that double-forked and left the session (setsid), write
-    their pids (and ours) to the pid file, then hang (bounded), return, or end the worker.\"\"\"
+    their pids (and ours) to the pid file, wait for the release file if given, then hang (bounded),
+    return, or end the worker.\"\"\"
     arguments = boefje_meta["arguments"]
     lifetime = arguments.get("lifetime", 60)
     read_end, write_end = os.pipe()
@@ -109,6 +110,10 @@ def run(boefje_meta):
     record = {"worker": os.getpid(), "children": [daemon, sleeper.pid]}
     Path(arguments["pid_file"] + ".tmp").write_text(json.dumps(record))
     os.rename(arguments["pid_file"] + ".tmp", arguments["pid_file"])
+    release_file = arguments.get("release_file")
+    deadline = time.monotonic() + lifetime
+    while release_file and not Path(release_file).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)  # held until the test has seen the children alive (bounded)
     then = arguments.get("then", "hang")
     if then == "exit":
         os._exit(3)

@@ -100,9 +100,11 @@ def test_an_immediate_stop_takes_every_process_with_it(boefje_api, make_pool, tm
 
 def test_a_returning_boefje_leaves_no_daemon_behind(boefje_api, make_pool, tmp_path, strays):
     make_pool().start()
-    daemonizing, pid_file = daemonizing_task(tmp_path, then="return")
+    release_file = tmp_path / "release"
+    daemonizing, pid_file = daemonizing_task(tmp_path, then="return", release_file=str(release_file))
     task_id = boefje_api.enqueue(daemonizing)
-    record = started(pid_file, strays)
+    record = started(pid_file, strays)  # the boefje holds until released: its children are still ours
+    release_file.touch()
 
     boefje_api.wait_for_status(task_id, "completed")
 
