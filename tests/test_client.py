@@ -407,6 +407,21 @@ def test_pop_sends_the_filter_as_its_body_and_the_limit_in_the_query(recorder):
     assert (unfiltered.target, json.loads(unfiltered.body)) == ("/api/v0/scheduler/boefje/pop?limit=1", {"filters": []})
 
 
+def test_a_cookie_the_api_sets_is_sent_back_on_every_later_call(recorder):
+    """A load balancer in front of the API may pin a client with an affinity cookie: the client
+    stores what an answer sets (also on a call of another kind) and sends it from then on."""
+    recorder.answer(Answer(), Answer(headers={"Set-Cookie": "affinity=node-2; Path=/"}), Answer(), Answer())
+
+    with make_client(recorder) as api_client:
+        api_client.pop_raw()
+        api_client.patch_status("t-1", "running")  # this answer sets the cookie
+        api_client.pop_raw()
+        api_client.patch_status("t-2", "running")
+
+    sent = [request.headers.get("cookie") for request in recorder.requests]
+    assert sent == [None, None, "affinity=node-2", "affinity=node-2"]
+
+
 def test_push_sends_a_task_back_field_for_field(boefje_api, client):
     task = make_task(deduplication_key="dedup-1", future_top_level={"nested": [1, 2]})
     task["data"]["future_field"] = "kept"
