@@ -33,14 +33,31 @@ HERE = Path(__file__).resolve().parent
 BARE, BARE_X2 = "bare loop", "2 bare loops"
 
 
-def run_job(checkout: Path, code: str, tasks: int, pycache: Path, processes: int = 1) -> tuple[float, float]:
-    """Run ``processes`` copies of ``code`` (``harness`` importable, ``checkout`` first on the path)
-    at once: CPU milliseconds per task of them and every process they waited for, and tasks/s."""
-    env = h.child_env(pycache / checkout.name, PYTHONPATH=str(checkout))
-    program = f"import sys; sys.path.insert(0, {str(HERE)!r}); import harness as h; {code}"
+def child(checkout: Path, code: str, scratch: Path) -> tuple[list[str], dict[str, str]]:
+    """The command and environment that run ``code`` (``harness`` importable) on ``checkout``'s code.
+
+    Why the working directory is ``scratch``: ``python -c`` puts its working directory first on the
+    path, before ``PYTHONPATH``, so a child started from a checkout (the repository root, where one
+    runs this) imported that checkout's code whatever ``PYTHONPATH`` said, and every column measured
+    the same code. :func:`code_folder` checks it."""
+    env = h.child_env(scratch / "pycache" / checkout.name, PYTHONPATH=str(checkout))
+    return [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(HERE)!r}); import harness as h; {code}"], env
+
+
+def code_folder(checkout: Path, scratch: Path) -> Path:
+    """The folder the children of ``checkout`` import ``boefje_runtime`` from."""
+    command, env = child(checkout, "import boefje_runtime; print(boefje_runtime.__file__)", scratch)
+    found = subprocess.run(command, env=env, cwd=scratch, capture_output=True, text=True, timeout=60, check=True)
+    return Path(found.stdout.strip()).parent.parent
+
+
+def run_job(checkout: Path, code: str, tasks: int, scratch: Path, processes: int = 1) -> tuple[float, float]:
+    """Run ``processes`` copies of ``code`` on ``checkout``'s code at once: CPU milliseconds per task
+    of them and every process they waited for, and tasks/s."""
+    command, env = child(checkout, code, scratch)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    running = [subprocess.Popen([sys.executable, "-c", program], env=env) for _ in range(processes)]
+    running = [subprocess.Popen(command, env=env, cwd=scratch) for _ in range(processes)]
     try:
         for process in running:
             if process.wait(timeout=300) != 0:
@@ -68,7 +85,14 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{checkout} is not a checkout of this repository")
     h.preload()
     runs: dict[str, list[tuple[float, float]]] = {}
-    with tempfile.TemporaryDirectory(prefix="boefje-compare-") as scratch, h.APIServerProcess() as server:
+    with tempfile.TemporaryDirectory(prefix="boefje-compare-") as scratch_name, h.APIServerProcess() as server:
+        scratch = Path(scratch_name)
+        for index, checkout in enumerate(checkouts, 1):
+            folder = code_folder(checkout, scratch)
+            print(f"[{index}] {checkout}: boefje_runtime from {folder}", flush=True)
+            if folder != checkout:  # e.g. an installed copy that shadows PYTHONPATH: nothing to compare
+                print(f"error: the runs of {checkout} would import boefje_runtime from {folder}", file=sys.stderr)
+                return 1
         jobs = [(f"[{index}] {path}", path, f"h.pool_main({server.url!r}, 2)", 1)  # numbered: the same
                 for index, path in enumerate(checkouts, 1)]  # checkout may be given twice (an A/A run)
         jobs.append((BARE, checkouts[0], f"h.bare_loop({server.url!r}, True)", 1))
@@ -76,12 +100,12 @@ def main(argv: list[str] | None = None) -> int:
         for _, checkout, code, processes in jobs:  # not counted: byte-code compiled and files cached first
             server.call("reset")
             server.call("enqueue", 100, False, 1)
-            run_job(checkout, code, 100, Path(scratch), processes)
+            run_job(checkout, code, 100, scratch, processes)
         for round_number in range(args.rounds):
             for name, checkout, code, processes in jobs:
                 server.call("reset")
                 server.call("enqueue", args.tasks, False, 1)
-                runs.setdefault(name, []).append(run_job(checkout, code, args.tasks, Path(scratch), processes))
+                runs.setdefault(name, []).append(run_job(checkout, code, args.tasks, scratch, processes))
             print(f"round {round_number + 1}/{args.rounds}: "
                   + ", ".join(f"{name} {values[-1][0]:.2f} ms {values[-1][1]:.0f}/s" for name, values in runs.items()),
                   flush=True)
