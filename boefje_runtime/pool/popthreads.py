@@ -103,9 +103,10 @@ def expected_free_at(started: float, expected: float | None, now: float, round_t
 #: guesses (under load a round trip and a boefje's time each vary by about as much as they last).
 #: With one, the answer came on average just as the worker finished, so half the time the worker
 #: waited for the rest of it, and the loop needed a timer wake-up to start the pop in between.
-#: Measured (pool 2, trivial boefje, paired runs): 0.62x -> 0.74x two bare loops' throughput and
-#: 12 % less CPU per task (the pop now starts in the step that hands out the task). The price: a
-#: popped task waits for its worker about one round trip, still one task per such worker.
+#: Measured (pool 2, trivial boefje, against two bare loops): 0.62x -> 0.74x the throughput and 12 %
+#: less CPU per task in pools forked by one process; 0.72x -> 0.78x, CPU unchanged, in fresh
+#: interpreters (``benchmarks/compare.py``, six rounds). The price: a popped task waits for its
+#: worker about one round trip, still one task per such worker.
 AHEAD_ROUND_TRIPS = 2.0
 
 
