@@ -283,7 +283,7 @@ def test_a_listener_that_raises_does_not_stop_the_pool_or_its_tasks(boefje_api, 
                          ids=["metrics-hooks", "health-hooks", "every-hook"])
 def test_a_listener_that_raises_does_not_strand_a_waiting_task_at_shutdown(boefje_api, make_pool, tmp_path, hooks):
     # Given a pool of one worker delivering an output the API holds, a listener that raises, and
-    # a next task popped ahead that waits in the supervisor
+    # a next task popped ahead that waits (in the supervisor, or unread in the worker's pipe)
     slow, _pid_file, release = hold_task(tmp_path, "slow")
     release.touch()
     pool = make_pool(pool_size=1, listeners=[Broken(hooks)]).start()
@@ -293,8 +293,10 @@ def test_a_listener_that_raises_does_not_strand_a_waiting_task_at_shutdown(boefj
     waiting_id = boefje_api.enqueue(task())
     boefje_api.wait_for_status(waiting_id, "dispatched", timeout=15)
 
-    # When the pool shuts down while the task waits
+    # When the pool shuts down while the task waits (and only then the output goes through: a next
+    # task the worker has read is its own and runs in the grace period)
     pool.request_shutdown()
+    wait_until(lambda: pool.phase == "draining", 10, "the drain to begin")
     gate.open()
 
     # Then the waiting task goes back to the queue and the running one completes

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason=
 HELD_LOCK = threading.Lock()
 
 
-def echo_main(conn, spec, parent_pid, progress_fd):
+def echo_main(conn, spec, parent_pid, progress_fd, next_fd):
     """A worker that answers each message until told to exit with a code, or to raise."""
     progress = ProgressPage(progress_fd)
     conn.send(("ready", os.getpid(), os.getppid(), parent_pid, spec))
@@ -45,10 +45,13 @@ def echo_main(conn, spec, parent_pid, progress_fd):
 def spawn(server: ForkServer):
     """A worker with a progress page: its process, the pipe to it, and the supervisor's side of the page."""
     page, fd = ProgressPage.create()
+    next_r, next_w = os.pipe2(os.O_CLOEXEC)
     try:
-        process, conn = server.spawn(fd)
+        process, conn = server.spawn(fd, next_r)
     finally:
         os.close(fd)
+        os.close(next_r)
+        os.close(next_w)
     return process, conn, page
 
 

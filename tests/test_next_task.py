@@ -1,7 +1,8 @@
-"""A worker's next task, sent into its pipe while it posts its output (``WorkerHandle.next``).
+"""A worker's next task, sent into its next-task pipe while it still works (``WorkerHandle.next``).
 
-The supervisor cannot take such a task back, so every way the worker can leave before it reads the
-task must give it back unstarted: it retires, it is killed, it gets SIGTERM at the drain's deadline.
+The supervisor reads such a task back while the worker has not read it: for a worker that is idle
+sooner, at a drain, and when the worker leaves before it gets to it (it retires, it is killed, it
+gets SIGTERM at the drain's deadline); each way gives it back unstarted.
 Real pools against the test Boefje API over HTTP; the output POST that keeps the worker delivering is
 held by a gate. Each test first waits until the next task was really sent (the handle's ``next``),
 so the edge it is about is taken, not the old way round through the supervisor.
@@ -14,7 +15,9 @@ delivering for less than a round trip, which is when it may be sent its next tas
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import pickle
 import signal
 import threading
 from collections.abc import Iterator
@@ -26,7 +29,7 @@ from boefje_runtime.pool import WorkerPool
 from boefje_runtime.pool.lifecycle import WorkerState
 from boefje_runtime.pool.process import SEND_AHEAD_BYTES
 
-from .helpers import GatedAPI, alive, hold_task, running_gated_api, wait_until
+from .helpers import GatedAPI, alive, hold_task, running_gated_api, task, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -107,6 +110,40 @@ def test_a_next_task_sent_to_a_worker_that_retires_runs_on_another(boefje_api, m
     assert pool.stats.started == 4  # two to learn, the first and the next: each counted once
 
 
+def test_a_next_task_behind_an_overrunning_boefje_goes_to_the_worker_that_is_free_first(
+    boefje_api, make_pool, tmp_path
+):
+    # Given two workers that learned their boefje is quick, both now running it much longer (held),
+    # and a third task sent ahead into one of their pipes
+    boefje_api.inject("pop", delay=LEARNING_POP, times=None)
+    pool = make_pool(pool_size=2).start()
+    warm_up = [boefje_api.enqueue(quick_task(tmp_path, f"warm-{index}")[0]) for index in range(4)]
+    boefje_api.wait_for_status(warm_up, "completed", timeout=30)
+    boefje_api.clear_faults()
+    boefje_api.inject("pop", delay=TESTED_POP, times=None)
+    held = {name: hold_task(tmp_path, name) for name in ("left", "right")}
+    held_ids = {boefje_api.enqueue(task): name for name, (task, _, _) in held.items()}
+    boefje_api.wait_for_status(list(held_ids), "running", timeout=15)
+    third, third_pid = quick_task(tmp_path, "third")
+    third_id = boefje_api.enqueue(third)
+    wait_until(lambda: any(worker.next is not None and worker.next.task.id == third_id for worker in pool.workers),
+               10, "the third task to be sent ahead to a busy worker")
+    [holder] = [worker for worker in pool.workers if worker.next is not None]
+    stuck = held_ids[holder.assignment.task.id]
+    other = next(name for name in held if name != stuck)
+
+    # When the other worker's boefje returns
+    held[other][2].touch()
+
+    # Then the third task runs on that worker at once, not behind the stuck boefje (still running)
+    boefje_api.wait_for_status(third_id, "completed", timeout=10)
+    assert third_pid.read_text() == held[other][1].read_text()
+    assert boefje_api.history(third_id) == ["queued", "dispatched", "running", "completed"]
+    assert boefje_api.status(next(i for i, name in held_ids.items() if name == stuck)) == "running"
+    held[stuck][2].touch()
+    assert pool.stop(timeout=30) == 0
+
+
 def test_a_task_too_big_to_wait_in_a_pipe_waits_in_the_supervisor(boefje_api, make_pool, tmp_path):
     # Given a worker delivering its output (held), and a next task larger than a pipe should hold
     # while nobody reads it
@@ -151,7 +188,7 @@ def test_a_next_task_sent_to_a_worker_killed_while_delivering_runs_on_another(bo
     assert pool.stats.started == 4
 
 
-def test_a_next_task_sent_before_the_drain_runs_within_the_grace_period(boefje_api, make_pool, tmp_path):
+def test_a_next_task_still_in_its_pipe_at_the_drain_goes_back_to_the_queue(boefje_api, make_pool, tmp_path):
     # Given a worker sent its next task while its output POST is held
     pool = learned_pool(boefje_api, make_pool, tmp_path, shutdown_timeout=20)
     first_id, second_id, _, _, gate = next_sent_while_delivering(boefje_api, pool, tmp_path)
@@ -161,8 +198,11 @@ def test_a_next_task_sent_before_the_drain_runs_within_the_grace_period(boefje_a
     wait_until(lambda: pool.phase == "draining", 10, "the drain to begin")
     gate.open()
 
-    # Then the next task, handed out before the drain, runs like any started task
-    boefje_api.wait_for_status([first_id, second_id], "completed", timeout=20)
+    # Then the running task finishes in the grace period, and the next one, which the worker never
+    # read, goes back to the queue unchanged (a drain starts nothing new)
+    boefje_api.wait_for_status(first_id, "completed", timeout=20)
+    boefje_api.wait_for_status(second_id, "queued", timeout=20)
+    assert "running" not in boefje_api.history(second_id)
     stopping.join(30)
     assert stopping.code == 0
 
@@ -205,3 +245,45 @@ def stop_in_background(pool: WorkerPool) -> _Stopping:
     stopping = _Stopping(pool)
     stopping.start()
     return stopping
+
+
+def test_a_worker_runs_the_task_in_its_pipe_before_the_one_waiting_ahead(boefje_api, tmp_path):
+    # Given a worker process whose pipe holds a task (sent while the supervisor saw it idle) and whose
+    # next-task pipe holds another (sent ahead once it held the first), both there before it looks
+    from boefje_runtime.client import BoefjeAPIClient
+    from boefje_runtime.pool.progress import ProgressPage
+    from boefje_runtime.pool.worker import WorkerSpec, worker_main
+
+    from . import pool_boefjes
+
+    ids = boefje_api.enqueue([task(), task()])
+    with BoefjeAPIClient(boefje_api.url) as client:
+        [piped], [ahead] = client.pop_raw(), client.pop_raw()
+    ours, theirs = multiprocessing.get_context("fork").Pipe()
+    page, page_fd = ProgressPage.create()
+    next_r, next_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    ours.send(("task", piped, [], None))
+    os.write(next_w, pickle.dumps(("task", ahead, [], None)))
+    spec = WorkerSpec(client_factory=lambda: BoefjeAPIClient(boefje_api.url), registry=pool_boefjes.registry(),
+                      max_output_bytes=None, max_tasks_per_child=None, max_memory_per_child=None)
+    worker = multiprocessing.get_context("fork").Process(
+        target=worker_main, args=(theirs, spec, os.getpid(), page_fd, next_r), daemon=True)
+
+    # When it starts
+    worker.start()
+    try:
+        messages = [ours.recv() if ours.poll(15) else None for _ in range(3)]
+        ours.send(("stop",))
+        worker.join(15)
+    finally:
+        if worker.is_alive():
+            worker.kill()
+            worker.join(5)
+        page.close()
+        for fd in (page_fd, next_r, next_w):
+            os.close(fd)
+
+    # Then it runs the task from its pipe first, then the one waiting ahead
+    assert [message[:2] for message in messages] == [("ready", worker.pid), ("done", piped["id"]),
+                                                     ("done", ahead["id"])]
+    boefje_api.wait_for_status(ids, "completed", timeout=15)

@@ -42,15 +42,16 @@ def lost(worker: WorkerHandle, now: float, how_it_ended: str, finalizer: Finaliz
 
 
 def next_lost(worker: WorkerHandle, now: float, finalizer: Finalizer) -> None:
-    """``worker`` was killed after it reported its task done, so it may have started the next task
-    it was sent (its ``running`` PATCH may have landed): that task is failed saying so, never
-    handed out again."""
+    """``worker`` left after it read the next task it was sent (the supervisor could not read it
+    back), so it may have started it (its ``running`` PATCH may have landed): that task is failed
+    saying so, never handed out again."""
     assignment, worker.next = worker.next, None
     if assignment is None:
         return
-    how = f"(pid {worker.pid}) was killed ({worker.why}) right after its previous task, so possibly"
+    why = worker.why or "on its own"
+    how = f"(pid {worker.pid}) ended ({why}) just after it took this task as its next, so possibly"
     with log_context(**Ticket.of(assignment.task).log_fields()):
-        logger.error("Worker pid=%d was killed just as it took the task", worker.pid)
+        logger.error("Worker pid=%d ended just as it took the task", worker.pid)
     settle_assignment(finalizer, assignment, TaskExit.WORKER_LOST, now, reason=TaskExit.WORKER_LOST.reason(how=how))
 
 

@@ -62,8 +62,8 @@ _BLOCKED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 #: Longest the supervisor waits for the fork server to answer a spawn (a fork takes milliseconds).
 SPAWN_TIMEOUT = 30.0
 
-#: ``main(conn, spec, parent_pid, progress_fd)``: the worker's entry point, as ``worker.worker_main``.
-WorkerMain = Callable[[Connection, Any, int, int], Any]
+#: ``main(conn, spec, parent_pid, progress_fd, next_fd)``: the worker entry point (``worker.worker_main``).
+WorkerMain = Callable[[Connection, Any, int, int, int], Any]
 
 
 class ForkedProcess:
@@ -134,7 +134,7 @@ class ForkedProcess:
 
 
 class ForkServer:
-    """Forks ``main(conn, spec, parent_pid, progress_fd)`` workers from a clean, single-threaded process.
+    """Forks ``main(conn, spec, parent_pid, progress_fd, next_fd)`` workers from a clean, single-threaded process.
 
     :meth:`start` forks the server; call it before the supervisor starts any thread. If the server
     dies (it should not: it only forks and reaps), the next :meth:`spawn` starts a new one and says
@@ -191,22 +191,22 @@ class ForkServer:
                            "may inherit a lock held at that moment", threads)
         return self
 
-    def spawn(self, progress_fd: int) -> tuple[ForkedProcess, Connection]:
-        """Fork a worker that writes its progress to ``progress_fd`` (a shared page, progress.py; the
-        caller keeps and closes its own descriptor); returns its handle and the supervisor's end of
-        its duplex pipe."""
+    def spawn(self, progress_fd: int, next_fd: int) -> tuple[ForkedProcess, Connection]:
+        """Fork a worker that writes its progress to ``progress_fd`` (a shared page, progress.py) and
+        reads its next task from ``next_fd`` (process.py, ``WorkerHandle.next``; the caller keeps and
+        closes its own descriptors); returns its handle and the supervisor's end of its duplex pipe."""
         with self._lock:
             try:
-                return self._spawn(progress_fd)
+                return self._spawn(progress_fd, next_fd)
             except (OSError, EOFError) as exc:
                 if isinstance(exc, OSError) and exc.errno in (errno.EAGAIN, errno.ENOMEM):
                     raise  # the fork failed for want of resources: a new server would not help
                 logger.warning("The worker fork server is gone (%s); starting a new one", exc)
                 self._discard()
                 self.start()
-                return self._spawn(progress_fd)
+                return self._spawn(progress_fd, next_fd)
 
-    def _spawn(self, progress_fd: int) -> tuple[ForkedProcess, Connection]:
+    def _spawn(self, progress_fd: int, next_fd: int) -> tuple[ForkedProcess, Connection]:
         if self._control is None:
             self.start()
         control = self._control
@@ -214,7 +214,7 @@ class ForkServer:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         status_r, status_w = os.pipe()
         try:
-            socket.send_fds(control, [b"S"], [child_end.fileno(), status_w, progress_fd])
+            socket.send_fds(control, [b"S"], [child_end.fileno(), status_w, progress_fd, next_fd])
             answer = control.recv(_PID.size)
             if len(answer) != _PID.size:
                 raise EOFError("the fork server closed its control socket")
@@ -290,7 +290,7 @@ def _serve(control: socket.socket, main: WorkerMain, spec: Any, supervisor_pid: 
                 _report_ended(statuses, ended)
                 continue
             try:
-                message, fds, _, _ = socket.recv_fds(control, 1 + _PID.size, 3)
+                message, fds, _, _ = socket.recv_fds(control, 1 + _PID.size, 4)
             except InterruptedError:
                 continue
             except OSError:
@@ -304,16 +304,17 @@ def _serve(control: socket.socket, main: WorkerMain, spec: Any, supervisor_pid: 
                     with contextlib.suppress(ChildProcessError):
                         os.waitpid(pid, 0)
                 continue
-            if message != b"S" or len(fds) != 3:
+            if message != b"S" or len(fds) != 4:
                 for fd in fds:
                     os.close(fd)
                 control.send(_PID.pack(-errno.EINVAL))
                 continue
-            conn_fd, status_w, progress_fd = fds
-            pid = _fork_worker(main, spec, conn_fd, progress_fd, own_fds | set(statuses.values()) | {status_w},
+            conn_fd, status_w, progress_fd, next_fd = fds
+            pid = _fork_worker(main, spec, conn_fd, progress_fd, next_fd, own_fds | set(statuses.values()) | {status_w},
                                selector, control)
             os.close(conn_fd)
             os.close(progress_fd)
+            os.close(next_fd)
             if pid < 0:
                 os.close(status_w)
             else:
@@ -322,7 +323,7 @@ def _serve(control: socket.socket, main: WorkerMain, spec: Any, supervisor_pid: 
             _report_ended(statuses, ended)  # a SIGCHLD that came while we forked
 
 
-def _fork_worker(main: WorkerMain, spec: Any, conn_fd: int, progress_fd: int, close_in_child: set[int],
+def _fork_worker(main: WorkerMain, spec: Any, conn_fd: int, progress_fd: int, next_fd: int, close_in_child: set[int],
                  selector: selectors.BaseSelector, control: socket.socket) -> int:
     """Fork one worker; its pid, or ``-errno``. The worker starts with the termination signals
     blocked (it unblocks them once its own handlers are in place, see ``worker.install_signals``)."""
@@ -346,16 +347,16 @@ def _fork_worker(main: WorkerMain, spec: Any, conn_fd: int, progress_fd: int, cl
             with contextlib.suppress(OSError):
                 os.close(fd)
         if process_tree.die_with_parent(parent_pid):  # whatever ``main`` does: no worker outlives this server
-            code = _run_worker(main, spec, conn_fd, progress_fd, parent_pid)
+            code = _run_worker(main, spec, conn_fd, progress_fd, next_fd, parent_pid)
     finally:
         exit_now(code)
 
 
-def _run_worker(main: WorkerMain, spec: Any, conn_fd: int, progress_fd: int, parent_pid: int) -> int:
+def _run_worker(main: WorkerMain, spec: Any, conn_fd: int, progress_fd: int, next_fd: int, parent_pid: int) -> int:
     """Run the worker's entry point; the exit code as ``multiprocessing`` would give it."""
     code = 0
     try:
-        main(Connection(conn_fd), spec, parent_pid, progress_fd)
+        main(Connection(conn_fd), spec, parent_pid, progress_fd, next_fd)
     except SystemExit as exc:
         if exc.code is None:
             code = 0

@@ -18,9 +18,9 @@ state is noticed by the same check, and the loop knows when it next needs to loo
 "ready", "task" and "done" are messages; "started" and "ran" the worker only marks on its
 progress page (progress.py), which the supervisor reads every step and by the time the task timeout
 could pass. A worker that exits is removed from the pool whatever its state (the reaper says what
-that means for the task it held). A DELIVERING worker may be sent its next task ahead
-(``WorkerHandle.next``, not a state: it is not the worker's until its "done" moves it
-IDLE -> ASSIGNED in the same step).
+that means for the task it held). An ASSIGNED, BUSY or DELIVERING worker may be sent its next
+task ahead (``WorkerHandle.next``, not a state: the supervisor may still read it back, and it is
+not the worker's until its "done" moves it IDLE -> ASSIGNED in the same step).
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ The protocol on a worker's pipe (worker.py sends, this module reads):
 - ``("ready", pid)``: imports done; STARTING -> IDLE (or it is told to stop, when draining);
 - ``("done", task_id, report, duration, retiring)``: how each task of the assignment left
   (worker.Report); -> IDLE, or RETIRING when it leaves after this task. A worker that stays and
-  was sent its next task while it delivered (``WorkerHandle.next``) reads it right after this
-  message: it is its task from here on (-> ASSIGNED).
+  was sent its next task (``WorkerHandle.next``) reads it from its next-task pipe right after this
+  message: if the supervisor cannot read it back any more, it is the worker's task from here on
+  (-> ASSIGNED); if it can, the worker never saw it, and it is handed out again.
 
 Between the two, a worker only marks its progress on its page (progress.py), which
 :meth:`Mailbox.read_progress` reads at every step: the boefje started, ASSIGNED -> BUSY; it
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from . import endings
@@ -30,7 +32,7 @@ from .events import PoolEvents, emit
 from .exits import TaskExit, Ticket
 from .finalizer import Finalizer
 from .lifecycle import WorkerState
-from .process import WorkerHandle
+from .process import Assignment, WorkerHandle
 from .progress import Progress
 from .worker import Report
 
@@ -42,10 +44,13 @@ S = WorkerState
 class Mailbox:
     """Handles worker messages for the supervisor."""
 
-    def __init__(self, finalizer: Finalizer, startup: StartupGuard, listeners: list[PoolEvents]) -> None:
+    def __init__(self, finalizer: Finalizer, startup: StartupGuard, listeners: list[PoolEvents], *,
+                 give_back: Callable[[Assignment, float], None]) -> None:
         self.finalizer = finalizer
         self.startup = startup
         self.listeners = listeners  # the pool's own list, not a copy
+        #: The supervisor's: a next task read back out of a worker's pipe is handed out again.
+        self.give_back = give_back
 
     def read(self, worker: WorkerHandle, now: float, *, draining: bool) -> bool:
         """Read and handle every message waiting on ``worker``'s pipe; False once the pipe is closed."""
@@ -59,10 +64,8 @@ class Mailbox:
     def handle(self, worker: WorkerHandle, message: Any, now: float, *, draining: bool) -> None:
         kind = message[0] if isinstance(message, tuple) and message else None
         if worker.state is S.KILLED:
-            # its task was settled when it was killed; what it says now is moot, except that a
-            # "done" that said it stays means it may have started the next task it was sent
-            if _stays_after(message):
-                endings.next_lost(worker, now, self.finalizer)
+            # its task was settled when it was killed; what it says now is moot (a next task it
+            # was sent is settled when it is reaped: supervisor.py, _settle_next)
             return
         if kind == "ready":
             self._ready(worker, now, draining)
@@ -108,16 +111,17 @@ class Mailbox:
         ):
             held = worker.assignment.task.id if worker.assignment else "none"
             self._broken(worker, now, f"it reported task {task_id} done while holding {held}")
-            if _stays_after(message):  # it reads its pipe on: it may have started its next task
-                endings.next_lost(worker, now, self.finalizer)
             return
         assignment, worker.assignment = worker.assignment, None
         self._settle(assignment, report, duration, now)
+        unread = worker.take_back()  # a leaving worker never reads it; a staying one may not have yet
+        if unread is not None:
+            self.give_back(unread, now)
         if retiring:
             worker.why = retiring
             worker.move(S.RETIRING, now)
             logger.info("Worker pid=%d is being replaced: %s", worker.pid, retiring)
-        else:  # (a retiring worker leaves its next task unread: given back when it is reaped)
+        else:
             worker.move(S.IDLE, now)
             if worker.take_next(now):
                 emit(self.listeners, "task_started", worker.assignment.task.data.boefje.id)
@@ -142,12 +146,6 @@ class Mailbox:
         logger.error("%s; killing it", why)
         endings.kill(worker, now, why, self.finalizer, TaskExit.WORKER_LOST)
         emit(self.listeners, "worker_exited", "broken")
-
-
-def _stays_after(message: Any) -> bool:
-    """A "done" in which the worker says it stays: it reads its pipe next (and may start the task
-    it finds there). One that says it leaves never reads it again."""
-    return isinstance(message, tuple) and len(message) == 5 and message[0] == "done" and not message[4]
 
 
 def stop(worker: WorkerHandle, now: float) -> None:

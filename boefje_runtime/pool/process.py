@@ -28,11 +28,11 @@ if TYPE_CHECKING:
 
 
 
-#: The largest task message sent to a worker ahead (``WorkerHandle.next``). The pipe's send buffer
-#: is about 200 KB on Linux, and a worker that is delivering reads nothing until it is done: a
-#: bigger message (a large duplicate group, large arguments) would block the supervisor's loop in
-#: the send until then. It waits in the supervisor instead, like any task without a taker.
-SEND_AHEAD_BYTES = 32 * 1024
+#: The largest task message sent to a worker ahead (``WorkerHandle.next``): one that the kernel
+#: writes into the next-task pipe, and the worker or the supervisor reads out of it, as a whole
+#: (POSIX: writes of at most ``PIPE_BUF`` bytes are atomic). A bigger one (a large duplicate group,
+#: large arguments) waits in the supervisor instead, like any task without a taker.
+SEND_AHEAD_BYTES = select.PIPE_BUF
 
 
 @dataclass
@@ -58,7 +58,8 @@ class WorkerHandle:
     """
 
     def __init__(self, process: ForkedProcess | multiprocessing.process.BaseProcess, conn: Connection, now: float,
-                 bounds: Bounds, progress: ProgressPage | None = None) -> None:
+                 bounds: Bounds, progress: ProgressPage | None = None,
+                 next_pipe: tuple[int, int] | None = None) -> None:
         pid = process.pid
         if not isinstance(pid, int) or pid <= 0:
             raise ValueError(f"a worker handle needs a started process with a pid, not {pid!r}")
@@ -71,12 +72,14 @@ class WorkerHandle:
         self.deadline = bounds.deadline(WorkerState.STARTING, now)
         self.ready_at: float | None = None
         self.assignment: Assignment | None = None
-        #: Its next task, sent while it delivers the current one's output (see :meth:`takes_next`):
-        #: in its pipe, not yet its own. It reads its pipe only after it reported the current task
-        #: done, so until that "done" is read this task was not started; the "done" makes it the
-        #: worker's (:meth:`take_next`), and a worker that leaves the pool without reporting gives
-        #: it back unstarted.
+        #: Its next task, sent while it still works on the current one (see :meth:`takes_next`): in
+        #: its next-task pipe, not yet its own. The worker reads that pipe only between tasks, and
+        #: the supervisor holds a read end of it too, so whoever reads first has the task, whole
+        #: (:meth:`take_back`): the supervisor takes it back for a worker that is free sooner, at a
+        #: drain, or when the worker leaves; what it cannot take back the worker has read.
         self.next: Assignment | None = None
+        #: (read end, write end) of the next-task pipe, both non-blocking; None: no sending ahead.
+        self._next_pipe = next_pipe
         #: Its progress page: how far it is with the task it holds (read by messages.Mailbox).
         self.progress = progress
         #: Tasks handed to it so far: the number of the one it holds, as its progress page names it.
@@ -125,15 +128,51 @@ class WorkerHandle:
         self.tasks_given += 1
         self.move(WorkerState.ASSIGNED, now)
 
-    def takes_next(self, now: float, round_trip: float) -> bool:
-        """May be sent its next task now: it only posts its output, for no longer than a pop round
-        trip so far, and has no next task yet. Why: the worker then finds the task in its pipe the
-        moment it reports "done", instead of waiting for the supervisor to wake, read the report and
-        answer (measured: a worker of a trivial boefje waited about 1.7 ms of its 7.5 ms per task).
-        Why only then: a task sent to a worker cannot be taken back, so it must not wait behind a
-        boefje's run (unbounded) or a delivery already slower than an API call usually is; it goes
-        to whichever worker is free first instead."""
-        return self.state is WorkerState.DELIVERING and self.next is None and now - self.since <= round_trip
+    def takes_next(self) -> bool:
+        """May be sent its next task now: it works on a task (not at the drain's deadline) and has no
+        next one yet. Why: the worker then finds the task waiting the moment it is done, instead of
+        waiting for the supervisor to wake, read its report and answer (a worker of a trivial boefje
+        waited about 1.3 ms of its 7 ms per task for that). The supervisor pops ahead only for a
+        worker that should be free within two pop round trips, and takes a sent task back as soon as
+        another worker is idle (supervisor.py, ``_dispatch``), so no task waits behind a boefje that
+        runs longer than it usually does while a worker is free."""
+        return (self._next_pipe is not None and self.next is None
+                and self.state in (WorkerState.ASSIGNED, WorkerState.BUSY, WorkerState.DELIVERING))
+
+    def send_next(self, payload: bytes, assignment: Assignment) -> bool:
+        """Put ``payload`` (a pickled task message, at most :data:`SEND_AHEAD_BYTES`) in its
+        next-task pipe, in one write; False when it does not fit (it stays with the supervisor)."""
+        if self._next_pipe is None or len(payload) > SEND_AHEAD_BYTES:
+            return False
+        try:
+            written = os.write(self._next_pipe[1], payload)
+        except OSError:  # (a full pipe would mean a task left in it: never, one at a time)
+            return False
+        if written != len(payload):  # pragma: no cover - a pipe write of at most PIPE_BUF is whole
+            raise RuntimeError("a next-task message was written in part")
+        self.next = assignment
+        return True
+
+    def take_back(self) -> Assignment | None:
+        """Read the next task back out of its pipe: the assignment when the worker had not read it
+        (it never will), None when the worker has (it runs it, or ran it) or there is none."""
+        if self.next is None or self._next_pipe is None:
+            return None
+        try:
+            data = os.read(self._next_pipe[0], SEND_AHEAD_BYTES)
+        except BlockingIOError:
+            return None
+        if not data:  # pragma: no cover - we hold the write end: never the pipe's end
+            return None
+        assignment, self.next = self.next, None
+        return assignment
+
+    def close_next_pipe(self) -> None:
+        if self._next_pipe is not None:
+            for fd in self._next_pipe:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._next_pipe = None
 
     def take_next(self, now: float) -> bool:
         """It reported its task done and stays: the next task it was sent is its task now (ASSIGNED).
@@ -238,11 +277,14 @@ def start_worker(forks: ForkServer, now: float, bounds: Bounds) -> WorkerHandle:
     """Fork a worker (by the fork server: never from this process, which runs threads; see
     forkserver.py) and return the supervisor's handle on it, with its progress page."""
     progress, progress_fd = ProgressPage.create()
+    next_r, next_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)  # both ends ours; the worker gets a read end
     try:
-        process, conn = forks.spawn(progress_fd)
+        process, conn = forks.spawn(progress_fd, next_r)
     except BaseException:
         progress.close()
+        os.close(next_r)
+        os.close(next_w)
         raise
     finally:
         os.close(progress_fd)  # the worker has its own (mapped) copy; ours is the mapping
-    return WorkerHandle(process, conn, now, bounds, progress)
+    return WorkerHandle(process, conn, now, bounds, progress, (next_r, next_w))

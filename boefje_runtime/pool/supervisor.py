@@ -48,7 +48,7 @@ from .forkserver import ForkServer
 from .lifecycle import Bounds, WorkerState, call_bound
 from .messages import Mailbox
 from .polling import Answer, Poller
-from .process import SEND_AHEAD_BYTES, Assignment, WorkerHandle, start_worker
+from .process import Assignment, WorkerHandle, start_worker
 from .reaper import Reaper
 from .settings import PoolSettings
 from .shutdown import FINALIZE_GRACE, Shutdown
@@ -112,7 +112,7 @@ class WorkerPool:
                               threads=None if clock is time.monotonic else 0,
                               tracer_factory=PopTracer if tracing.enabled else None)
         self._startup = StartupGuard()
-        self._mailbox = Mailbox(self._finalizer, self._startup, self.listeners)
+        self._mailbox = Mailbox(self._finalizer, self._startup, self.listeners, give_back=self._give_back)
         adopt = self.settings.adopt_orphans or os.getpid() == 1
         self._reaper = Reaper(self._finalizer, self._startup, self.listeners, adopt=adopt)
         self._signals = StopSignals()
@@ -309,13 +309,23 @@ class WorkerPool:
         self._mailbox.read(worker, self._clock(), draining=self._phase is Phase.DRAINING)
 
     def _forget(self, worker: WorkerHandle) -> None:
-        if worker.next is not None:  # sent but never read: it left before it reported its task done
-            self._give_back(worker.next, self._clock())
-            worker.next = None
+        self._settle_next(worker, self._clock())
+        worker.close_next_pipe()
         self._unregister(worker.conn, worker.process.sentinel)
         worker.conn.close()
         if worker.progress is not None:  # unmapped now, not whenever the handle is collected
             worker.progress.close()
+
+    def _settle_next(self, worker: WorkerHandle, now: float) -> None:
+        """A worker leaves with a next task sent: given back if it was still in the pipe; else the
+        worker read it and may have started it (its running PATCH may have landed): failed."""
+        if worker.next is None:
+            return
+        assignment = worker.take_back()
+        if assignment is not None:
+            self._give_back(assignment, now)
+        else:
+            endings.next_lost(worker, now, self._finalizer)
 
     def _unregister(self, *fileobjs: object) -> None:
         for fileobj in fileobjs:
@@ -383,24 +393,25 @@ class WorkerPool:
         self._held.extend(answer.groups)
 
     def _dispatch(self, now: float) -> None:
-        """Hand held tasks to idle workers first, then, as their next task, to workers that only
-        post their output (``WorkerHandle.takes_next``; not with pop-ahead off)."""
+        """Hand held tasks to idle workers first, then, as their next task, to busy workers
+        (``WorkerHandle.takes_next``; not with pop-ahead off). A next task waits in a busy worker's
+        pipe only while no worker is idle: one that is gets it instead (:meth:`_take_back_for_idle`)."""
+        if self.settings.pop_ahead:
+            self._take_back_for_idle(now)
         if not self._held:
             return
         takers = [worker for worker in self.workers if worker.takes_task]
         if self.settings.pop_ahead:
-            round_trip = self._poller.round_trip
-            takers += [worker for worker in self.workers if worker.takes_next(now, round_trip)]
+            takers += [worker for worker in self.workers if worker.takes_next()]
         while self._held and takers:
             worker, group = takers.pop(0), self._held.popleft()
             assignment = Assignment(group[0], group[1:], now)
             pop = self._pop_traces.pop(group[0].id, None) if self._pop_traces else None
             message = ForkingPickler.dumps(
                 ("task", assignment.task.raw, [task.raw for task in assignment.duplicates], pop))
-            ahead_too_big = not worker.takes_task and len(message) > SEND_AHEAD_BYTES
-            if ahead_too_big or not worker.send_bytes(message):
-                # too big to wait in a pipe nobody reads yet, or the worker died before it got it
-                # (the reaper replaces it): held for the next taker
+            if not (worker.send_bytes(message) if worker.takes_task else worker.send_next(message, assignment)):
+                # the worker died before it got it (the reaper replaces it), or, as a next task, too
+                # big to be read back whole: held for the next taker
                 self._held.appendleft(group)
                 if pop is not None:
                     self._pop_traces[group[0].id] = pop
@@ -411,12 +422,27 @@ class WorkerPool:
             if worker.takes_task:
                 worker.assign(assignment, now)
                 emit(self.listeners, "task_started", assignment.task.data.boefje.id)
-            else:
-                worker.next = assignment  # started (and counted) when its "done" is read: messages.py
+            # (a next task is started, and counted, when the worker's "done" is read: messages.py)
+
+    def _take_back_for_idle(self, now: float) -> None:
+        """For each idle worker that no held task waits for, read a next task back out of a busy
+        worker's pipe (one whose boefje still runs first: it may run far longer than it usually
+        does), so it runs now instead of behind another task. What the worker read already is its
+        own."""
+        spare = sum(1 for worker in self.workers if worker.takes_task) - len(self._held)
+        if spare <= 0:
+            return
+        waiting = [worker for worker in self.workers if worker.next is not None]
+        waiting.sort(key=lambda worker: worker.state is WorkerState.DELIVERING)
+        for worker in waiting[:spare]:
+            assignment = worker.take_back()
+            if assignment is not None:
+                self._give_back(assignment, now)
 
     def _give_back(self, assignment: Assignment, now: float) -> None:
-        """A next task a worker was sent but never read (it retired, died or was killed first): held
-        again for the next free worker, or, once draining, pushed back to the queue unchanged."""
+        """A next task read back out of a worker's pipe (for an idle worker, or it retired, died or was
+        killed first): held again for the next free worker, or, once draining, pushed back to the
+        queue unchanged."""
         if self._phase is Phase.RUNNING:
             self._held.appendleft(assignment.tasks)
             trace = None
@@ -436,6 +462,10 @@ class WorkerPool:
     def _begin_shutdown(self, now: float, why: str, immediate: bool = False) -> None:
         """Stop popping (leave the running phase), then the drain's first steps (see shutdown.py)."""
         self._phase = Phase.DRAINING
+        for worker in self.workers:  # a next task still in a pipe is not started: back to the queue
+            assignment = worker.take_back()
+            if assignment is not None:
+                self._give_back(assignment, now)
         self._shutdown.begin(now, why, immediate=immediate, workers=self.workers, held=self._held,
                              listeners=self.listeners)
         self._finalizer.run(now)
@@ -503,11 +533,8 @@ class WorkerPool:
                              reason=TaskExit.SHUT_DOWN.reason(why="the supervisor exited"))
         for worker in self.workers:
             worker.process.join(5)
-            if worker.next is not None:
-                self._last_words(worker)  # (a "done" sent before the kill: it may have started it)
-            if worker.next is not None:
-                self._push_back(worker.next.tasks, now)
-                worker.next = None
+            self._settle_next(worker, now)  # (the phase is not running: a next task goes back to the queue)
+            worker.close_next_pipe()
         if self._held:  # (left by an exception out of the running loop)
             self._push_back([task for group in self._held for task in group], now)
             self._held.clear()

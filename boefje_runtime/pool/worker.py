@@ -13,6 +13,7 @@ import contextlib
 import functools
 import logging
 import os
+import pickle
 import select
 import signal
 import stat
@@ -32,6 +33,7 @@ from ..process_tree import become_subreaper, kill_children, own_process_group
 from ..tracing import NO_TRACING, PATCH_RUNNING, POST_OUTPUT, RUN, SETTLE_DUPLICATE, TASK_ID, NoTracing, Tracing
 from .exits import TaskExit
 from .limits import retire_reason
+from .process import SEND_AHEAD_BYTES
 from .progress import Progress, ProgressPage
 
 logger = logging.getLogger("boefje_runtime.worker")
@@ -111,10 +113,13 @@ def close_inherited_sockets(keep: int) -> None:
         os.close(null)
 
 
-def worker_main(conn: Connection, spec: WorkerSpec, parent_pid: int, progress_fd: int) -> None:
-    """Entry point of a forked worker process; ``progress_fd`` is its progress page (progress.py)."""
+def worker_main(conn: Connection, spec: WorkerSpec, parent_pid: int, progress_fd: int, next_fd: int) -> None:
+    """Entry point of a forked worker process; ``progress_fd`` is its progress page (progress.py),
+    ``next_fd`` the read end of its next-task pipe (process.py, ``WorkerHandle.next``), read only
+    between tasks: a task found there is this worker's, one the supervisor read back first is not."""
     progress = ProgressPage(progress_fd)
     os.close(progress_fd)  # mapped: a boefje's child processes must not inherit it
+    os.set_inheritable(next_fd, False)  # (passed over a socket, it came inheritable)
     own_process_group()  # the supervisor can then end everything this worker's boefjes start
     install_signals()  # (tied to the fork server's life before this: forkserver._fork_worker)
     close_inherited_sockets(conn.fileno())
@@ -127,16 +132,25 @@ def worker_main(conn: Connection, spec: WorkerSpec, parent_pid: int, progress_fd
     tasks_done = 0
     pipe = select.poll()  # built once: Connection.poll() builds a selector per call
     pipe.register(conn.fileno(), select.POLLIN)
+    pipe.register(next_fd, select.POLLIN)
     try:
         while not _Flags.stop:
-            if not pipe.poll(500):  # ms; a SIGTERM's flag is seen within that
+            ready = pipe.poll(500)  # ms; a SIGTERM's flag is seen within that
+            if not ready:
                 if os.getppid() != parent_pid:
                     return
                 continue
-            try:
-                message = conn.recv()
-            except (EOFError, OSError):
-                return
+            # The pipe from the supervisor first: a task there was sent while the supervisor saw
+            # this worker idle, so it comes before any next task (sent only while it holds one)
+            if any(fd == conn.fileno() for fd, _ in ready):
+                try:
+                    message = conn.recv()
+                except (EOFError, OSError):
+                    return
+            else:
+                message = _next_task(next_fd)
+                if message is None:
+                    continue  # the supervisor read it back first
             if message[0] == "stop":
                 return
             _, raw_task, raw_duplicates, pop = message
@@ -150,9 +164,8 @@ def worker_main(conn: Connection, spec: WorkerSpec, parent_pid: int, progress_fd
             if leftovers:
                 logger.warning("Killed %d processes that task %s left behind", leftovers, raw_task["id"])
             tasks_done += 1
-            # Decided before reporting, in the same message: the supervisor may have sent our next
-            # task already (process.py, WorkerHandle.next); a worker that says it stays reads it, one
-            # that says it leaves does not, and the supervisor gives it back.
+            # Decided before reporting, in the same message: a worker that says it leaves never reads
+            # its next-task pipe again, and the supervisor takes back what waits there.
             reason = retire_reason(tasks_done, spec.max_tasks_per_child, spec.max_memory_per_child) or (
                 STOP_REASON if _Flags.stop else None)
             conn.send(("done", raw_task["id"], report, time.monotonic() - started, reason))
@@ -161,6 +174,17 @@ def worker_main(conn: Connection, spec: WorkerSpec, parent_pid: int, progress_fd
     finally:
         client.close()
         spec.tracing.close()  # flush before a recycled or stopped worker leaves
+
+
+def _next_task(next_fd: int) -> tuple | None:
+    """The task waiting in the next-task pipe, read whole in one read (it was written in one write of
+    at most PIPE_BUF bytes); None when the supervisor read it back first; "stop" at the pipe's end
+    (the supervisor is gone)."""
+    try:
+        data = os.read(next_fd, SEND_AHEAD_BYTES)
+    except BlockingIOError:
+        return None
+    return pickle.loads(data) if data else ("stop",)
 
 
 #: A duplicate's exit, whether the worker did what it needs, and whether to recheck it.
