@@ -429,10 +429,10 @@ class WorkerPool:
         worker's pipe (one whose boefje still runs first: it may run far longer than it usually
         does), so it runs now instead of behind another task. What the worker read already is its
         own."""
-        spare = sum(1 for worker in self.workers if worker.takes_task) - len(self._held)
+        waiting = [worker for worker in self.workers if worker.next is not None]
+        spare = sum(1 for worker in self.workers if worker.takes_task) - len(self._held) if waiting else 0
         if spare <= 0:
             return
-        waiting = [worker for worker in self.workers if worker.next is not None]
         waiting.sort(key=lambda worker: worker.state is WorkerState.DELIVERING)
         for worker in waiting[:spare]:
             assignment = worker.take_back()
@@ -505,18 +505,18 @@ class WorkerPool:
     def _wait(self, timeout: float) -> None:
         """Sleep until a worker reports or exits, a signal arrives, or ``timeout`` passes.
 
-        A pop's answer wakes the loop only when a worker could take a task now, or may soon take it
-        as its next (one holding a task without a next one: whether it only delivers is read from its
-        progress page in the step, so with busy workers most answers wake it). While none can (all
-        idle workers gone, every busy one with its next task), the answer waits for a worker's
-        "done", whose step collects it and hands it out (a wake-up is about 6 % of the supervisor's
-        CPU per task; sending the next task ahead saves more than the wake-ups it costs)."""
+        A pop's answer wakes the loop only when a worker could take a task now, or as its next
+        (``WorkerHandle.takes_next``: a busy one without a next task, so with busy workers most
+        answers wake it). While none can (no idle worker, every busy one with its next task), the
+        answer waits for a worker's "done", whose step collects it and hands it out (a wake-up is
+        about 6 % of the supervisor's CPU per task; sending the next task ahead saves more than the
+        wake-ups it costs)."""
         if self._shutdown.unanswered:
             return
         pops = self._poller.pops
         ahead = self.settings.pop_ahead
         pops.wake_on_answer = self._phase is not Phase.RUNNING or any(
-            worker.takes_task or (ahead and worker.holds_task and worker.next is None) for worker in self.workers)
+            worker.takes_task or (ahead and worker.takes_next()) for worker in self.workers)
         if pops.wake_on_answer and pops.answered:
             return  # it came after the step collected (the pop thread read the flag before we set it)
         self._ready = self._selector.select(timeout)
@@ -533,7 +533,7 @@ class WorkerPool:
                              reason=TaskExit.SHUT_DOWN.reason(why="the supervisor exited"))
         for worker in self.workers:
             worker.process.join(5)
-            self._settle_next(worker, now)  # (the phase is not running: a next task goes back to the queue)
+            self._settle_next(worker, now)  # unread: back to the queue (held first after an exception)
             worker.close_next_pipe()
         if self._held:  # (left by an exception out of the running loop)
             self._push_back([task for group in self._held for task in group], now)
