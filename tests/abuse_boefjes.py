@@ -181,6 +181,26 @@ def dump_environment(meta: dict) -> list:
     return [({"application/json"}, json.dumps(dict(os.environ)))]
 
 
+_LIST_FDS = """
+import json, os
+fds = {}
+for name in os.listdir("/proc/self/fd"):
+    try:
+        fds[name] = os.readlink(f"/proc/self/fd/{name}")
+    except OSError:
+        pass  # the descriptor listdir itself used, closed by now
+print(json.dumps(fds))
+"""
+
+
+def inherited_descriptors(meta: dict) -> list:
+    """What a program the boefje executes inherits when it keeps descriptors (``close_fds=False``,
+    as ``os.exec*`` and many scanners' own launchers do): every open descriptor and its target."""
+    child = subprocess.run([sys.executable, "-c", _LIST_FDS], close_fds=False, stdin=subprocess.DEVNULL,
+                           capture_output=True, timeout=30, check=True)
+    return [({"application/json"}, child.stdout)]
+
+
 def leak_environment(meta: dict) -> list:
     """Try to leak this task's environment into the next task's run, and into the worker."""
     os.environ["LEAKED_BY_BOEFJE"] = os.environ.get("PLANTED", "<unset>")
@@ -212,6 +232,7 @@ def registry() -> BoefjeRegistry:
         "run-scanner": run_scanner,
         "big-output": big_output,
         "dump-environment": dump_environment,
+        "inherited-descriptors": inherited_descriptors,
         "leak-environment": leak_environment,
         "raise-secret": raise_secret,
         "tag-secret": tag_secret,

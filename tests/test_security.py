@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import os
 import re
@@ -157,6 +158,34 @@ def test_a_tasks_environment_is_gone_for_the_next_task_and_never_reaches_the_sup
     # and the supervisor (this process) never had it
     assert "PLANTED" not in os.environ and "LEAKED_BY_BOEFJE" not in os.environ
     assert all(SECRET not in value for value in os.environ.values())
+
+
+def test_a_program_a_boefje_executes_inherits_no_descriptor_of_the_pool(boefje_api, make_pool):
+    # Given a worker (its pipes to the supervisor came over the fork server's socket), and a boefje
+    # that executes a program keeping every inheritable descriptor (close_fds=False)
+    make_pool(pool_size=1).start()
+    task_id = boefje_api.enqueue(make_task("inherited-descriptors", oci_image=IMAGE))
+
+    # When it runs
+    boefje_api.wait_for_status(task_id, "completed")
+
+    # Then the program got its standard streams and what this test process itself inherited from
+    # whoever started it, nothing of the pool: no pipe to the supervisor it could forge messages on,
+    # no progress page, no next-task pipe, no API socket
+    descriptors = json.loads(boefje_api.files(task_id)[0]["content"])
+    of_the_pool = {fd: target for fd, target in descriptors.items()
+                   if fd not in ("0", "1", "2") and _inherited_by_this_process().get(fd) != target}
+    assert of_the_pool == {}, json.dumps(descriptors)
+
+
+def _inherited_by_this_process() -> dict[str, str]:
+    """This process's inheritable descriptors and their targets (an IDE or CI runner may leave some)."""
+    inherited = {}
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if os.get_inheritable(int(name)):
+                inherited[name] = os.readlink(f"/proc/self/fd/{name}")
+    return inherited
 
 
 PLUGINS = {

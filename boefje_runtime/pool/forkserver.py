@@ -309,6 +309,8 @@ def _serve(control: socket.socket, main: WorkerMain, spec: Any, supervisor_pid: 
                     os.close(fd)
                 control.send(_PID.pack(-errno.EINVAL))
                 continue
+            for fd in fds:  # passed over a socket, they came inheritable: a program that a boefje
+                os.set_inheritable(fd, False)  # executes must not hold its worker's pipes
             conn_fd, status_w, progress_fd, next_fd = fds
             pid = _fork_worker(main, spec, conn_fd, progress_fd, next_fd, own_fds | set(statuses.values()) | {status_w},
                                selector, control)

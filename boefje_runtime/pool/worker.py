@@ -119,7 +119,6 @@ def worker_main(conn: Connection, spec: WorkerSpec, parent_pid: int, progress_fd
     between tasks: a task found there is this worker's, one the supervisor read back first is not."""
     progress = ProgressPage(progress_fd)
     os.close(progress_fd)  # mapped: a boefje's child processes must not inherit it
-    os.set_inheritable(next_fd, False)  # (passed over a socket, it came inheritable)
     own_process_group()  # the supervisor can then end everything this worker's boefjes start
     install_signals()  # (tied to the fork server's life before this: forkserver._fork_worker)
     close_inherited_sockets(conn.fileno())
