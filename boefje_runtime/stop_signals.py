@@ -48,6 +48,9 @@ class StopSignals:
         self._urgent = False
         self._previous: dict[int, Any] = {}
         self._previous_wakeup = -1
+        #: The stop signals that were blocked in this thread at :meth:`install` (blocked again at
+        #: :meth:`uninstall`).
+        self._were_blocked: set[int] = set()
 
     @property
     def name(self) -> str:
@@ -72,10 +75,19 @@ class StopSignals:
         self._previous_wakeup = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
         for signum in STOP_SIGNALS:
             self._previous[signum] = signal.signal(signum, self._handle)
+        # A blocked signal mask survives exec: a parent that started us while it blocked SIGTERM
+        # (a test runner or a process manager that forks carelessly) would leave our handler
+        # unreachable, and the container runtime's SIGTERM pending until its SIGKILL. Unblocked
+        # after the handlers are in place, so one that is pending already is counted, not fatal.
+        if hasattr(signal, "pthread_sigmask"):
+            self._were_blocked = set(STOP_SIGNALS) & signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         return True
 
     def uninstall(self) -> None:
         """Put back the handlers and wake-up fd found at :meth:`install`; close the pipe."""
+        if self._were_blocked:
+            signal.pthread_sigmask(signal.SIG_BLOCK, self._were_blocked)
+            self._were_blocked = set()
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()

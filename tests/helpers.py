@@ -32,6 +32,7 @@ from boefje_runtime.config import SETTINGS
 from boefje_runtime.plugins import BoefjeRegistry
 from boefje_runtime.pool import PoolSettings, WorkerPool
 from boefje_runtime.pool.events import PoolEvents
+from boefje_runtime.stop_signals import STOP_SIGNALS
 from boefje_runtime.testing import BoefjeAPIServer, make_task
 
 from . import pool_boefjes
@@ -280,6 +281,17 @@ def run_cli(*args: str, env: Mapping[str, str] | None = None, drop: Iterable[str
     """``boefje-worker ARGS`` to its end, output captured as text, in :func:`cli_env` (``env``, ``drop``)."""
     return subprocess.run([*CLI, *args], capture_output=True, text=True, env=cli_env(env, drop=drop),
                           timeout=timeout, **run_options)
+
+
+@contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """SIGTERM, SIGINT and SIGHUP blocked in this thread for the block. A process started meanwhile
+    starts with them blocked (the mask survives exec), as under a parent that forks carelessly."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 # -- plugin folders -------------------------------------------------------------------------------

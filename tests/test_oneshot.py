@@ -560,6 +560,22 @@ def test_a_stop_signal_kills_the_boefje_and_its_child_and_fails_the_task(api, pl
     assert_gone(*pids)
 
 
+def test_a_one_shot_process_started_with_the_stop_signals_blocked_stops_on_sigterm(api, plugin_dir, tmp_path):
+    """A parent that blocked SIGTERM when it started us (a careless fork) must not make us deaf to
+    the container runtime's SIGTERM: the task would stay running until the SIGKILL."""
+    pid_file = tmp_path / "pids"
+    task_id = running_task(api, "spawner", arguments={"pid_file": str(pid_file)})
+    with contextlib.ExitStack() as stack:
+        with helpers.stop_signals_blocked():
+            process = stack.enter_context(one_shot_process(api, plugin_dir, task_id))
+        pids = spawner_pids(pid_file)
+        os.kill(process.pid, signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == ExitCode.INTERRUPTED, stderr
+    assert api.status(task_id) == "failed"
+    assert_gone(*pids)
+
+
 def test_a_sigkilled_one_shot_process_takes_its_boefje_with_it(api, plugin_dir, tmp_path):
     """SIGKILL cannot be handled: the kernel ends the boefje's process (PR_SET_PDEATHSIG). What that
     process started is orphaned, out of our reach (a SIGTERM kills it too, see above)."""

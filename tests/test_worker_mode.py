@@ -14,7 +14,7 @@ import pytest
 
 from boefje_runtime.testing import make_task
 
-from .helpers import CLI, alive, cli_env, run_cli, wait_until, write_plugin
+from .helpers import CLI, alive, cli_env, run_cli, stop_signals_blocked, wait_until, write_plugin
 
 IMAGE = "ghcr.io/example/worker-mode-test:latest"
 #: Waits for what a CLI subprocess does (it starts slower than an in-process pool).
@@ -199,6 +199,24 @@ def test_sigint_and_sighup_drain_like_sigterm(boefje_api, plugin_dir, tmp_path, 
     wait_until(pid_file.exists, WAIT, what="the task to start")
 
     worker.process.send_signal(signum)
+    worker.wait_for_line(r"Shutting down")
+    release.touch()
+
+    assert worker.wait() == 0
+    assert boefje_api.status(running_id) == "completed"
+
+
+def test_a_supervisor_started_with_the_stop_signals_blocked_drains_on_sigterm(
+    boefje_api, plugin_dir, tmp_path, workers
+):
+    running, pid_file, release = hold_task(tmp_path, "blocked")
+    running_id = boefje_api.enqueue(running)
+    with stop_signals_blocked():  # the mask survives exec: as under a parent that forks carelessly
+        worker = Worker(boefje_api.url, plugin_dir, POOL_SIZE="1")
+    workers.append(worker)
+    wait_until(pid_file.exists, WAIT, what="the task to start")
+
+    worker.process.send_signal(signal.SIGTERM)
     worker.wait_for_line(r"Shutting down")
     release.touch()
 
