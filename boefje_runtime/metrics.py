@@ -92,7 +92,8 @@ class PoolMetrics(PoolEvents):
         self.worker_restarts = prom.Counter(
             "worker_restarts",
             "Worker process exits other than a clean shutdown stop, by reason "
-            "(recycled, died, killed, startup, broken); while running, the pool replaces each.",
+            "(recycled: max tasks or memory; died; killed: by the pool or a SIGTERM; startup; broken); "
+            "while running, the pool replaces each.",
             ["reason"],
             **common,
         )

@@ -305,6 +305,41 @@ def test_a_listener_that_raises_does_not_strand_a_waiting_task_at_shutdown(boefj
     assert boefje_api.status(slow_id) == "completed"
 
 
+# -- a worker signalled from outside -----------------------------------------------------------------
+
+
+class ExitReasons(PoolEvents):
+    """Records the reason of every ``worker_exited``."""
+
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+
+    def worker_exited(self, reason: str) -> None:
+        self.reasons.append(reason)
+
+
+def test_a_worker_that_got_sigterm_finishes_its_task_and_is_counted_killed_not_recycled(boefje_api, make_pool,
+                                                                                         tmp_path):
+    # Given a pool running a task
+    exits = ExitReasons()
+    held, pid_file, release = hold_task(tmp_path, "held")
+    pool = make_pool(pool_size=1, listeners=[exits]).start()
+    held_id = boefje_api.enqueue(held)
+    wait_until(pid_file.exists, 15, "the boefje to start")
+    worker_pid = int(pid_file.read_text())
+
+    # When something outside the pool sends its worker SIGTERM (a `pkill` that matched it, say)
+    os.kill(worker_pid, signal.SIGTERM)
+    release.touch()
+
+    # Then the task completes, the worker leaves and is replaced, and the metric does not call that
+    # a recycling (what max-tasks and max-memory do)
+    boefje_api.wait_for_status(held_id, "completed", timeout=15)
+    wait_until(lambda: exits.reasons and pool.workers and worker_pid not in {w.pid for w in pool.workers}, 15,
+               "the worker to be replaced")
+    assert exits.reasons == ["killed"]
+
+
 # -- out of memory -----------------------------------------------------------------------------------
 
 

@@ -35,6 +35,7 @@ from .events import PoolEvents, emit
 from .finalizer import Finalizer
 from .lifecycle import WorkerState
 from .process import WorkerHandle
+from .worker import STOP_REASON
 
 logger = logging.getLogger("boefje_runtime.pool")
 
@@ -108,7 +109,8 @@ class Reaper:
             emit(self.listeners, "worker_exited", "died")
         elif state is S.RETIRING:
             logger.info("Worker pid=%d retired (%s)", worker.pid, worker.why)
-            emit(self.listeners, "worker_exited", "recycled")
+            # A SIGTERM (the drain's deadline, or a `pkill` from outside) ended it, not a limit
+            emit(self.listeners, "worker_exited", "killed" if worker.why == STOP_REASON else "recycled")
         elif state is S.STOPPING:
             logger.debug("Worker pid=%d stopped", worker.pid)
         elif state is S.STARTING:
