@@ -345,6 +345,13 @@ SETTINGS: tuple[Setting, ...] = (
         mode=Mode.WORKER,
     ),
     Setting(
+        "first_poll_wait", "FIRST_POLL_WAIT", ("--first-poll-wait",), _number(float, positive=True), 0.25,
+        "Wait after an empty poll, for a second after the last task (then it grows to POLL_INTERVAL): how "
+        "soon a task that trickles in is picked up, against how often an idle container polls (seconds).",
+        metavar="SECONDS",
+        mode=Mode.WORKER,
+    ),
+    Setting(
         "worker_heartbeat", "WORKER_HEARTBEAT", ("--worker-heartbeat",), _number(float, positive=True), 1.0,
         "Longest the supervisor waits while every worker is busy (seconds).", metavar="SECONDS",
         mode=Mode.WORKER,
@@ -499,6 +506,8 @@ class RuntimeConfig:
     pool_size: int = _default(SETTINGS_BY_NAME["pool_size"])
     #: Longest idle wait between polls, seconds (``POLL_INTERVAL``).
     poll_interval: float = _default(SETTINGS_BY_NAME["poll_interval"])
+    #: First wait after an empty poll, seconds (``FIRST_POLL_WAIT``); see ``PoolSettings.first_poll_wait``.
+    first_poll_wait: float = _default(SETTINGS_BY_NAME["first_poll_wait"])
     #: Longest supervisor wait while all workers are busy, seconds (``WORKER_HEARTBEAT``).
     worker_heartbeat: float = _default(SETTINGS_BY_NAME["worker_heartbeat"])
     #: Run duplicates of one pop once (``DEDUPLICATE``); parsed properly, default true.

@@ -103,6 +103,7 @@ def test_plugins_are_comma_separated_in_the_env_and_repeatable_as_flags():
         ("MAX_OUTPUT_SIZE", "max_output_size", ("0.5", 0.5)),
         ("PLUGIN_DIR", "plugin_dir", ("/app/boefjes", "/app/boefjes")),
         ("QUEUE", "queue", ("boefje", "boefje")),
+        ("FIRST_POLL_WAIT", "first_poll_wait", ("0.02", 0.02)),
     ],
 )
 def test_values_parse_from_the_environment(env, field, expected):
@@ -114,7 +115,7 @@ def test_values_parse_from_the_environment(env, field, expected):
     ("env", "text"),
     [
         ("POOL_SIZE", "0"), ("POOL_SIZE", "two"), ("POOL_SIZE", "1.5"), ("POOL_SIZE", "257"),
-        ("POLL_INTERVAL", "0"), ("POLL_INTERVAL", "-1"), ("POLL_INTERVAL", "nan"),
+        ("POLL_INTERVAL", "0"), ("POLL_INTERVAL", "-1"), ("POLL_INTERVAL", "nan"), ("FIRST_POLL_WAIT", "0"),
         ("WORKER_HEARTBEAT", "inf"), ("OUTGOING_REQUEST_TIMEOUT", "0"),
         ("TASK_TIMEOUT", "-5"), ("PREFETCH", "-1"), ("SHUTDOWN_TIMEOUT", "-1"),
         ("HEALTH_PORT", "70000"), ("HEALTH_PORT", "http"),

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from boefje_runtime import BoefjeAPIClient, TaskFilter, process_tree
+from boefje_runtime.config import RuntimeConfig
 from boefje_runtime.models import Task
 from boefje_runtime.plugins import BoefjeRegistry
 from boefje_runtime.pool import PoolSettings, WorkerPool
@@ -45,6 +46,12 @@ def test_idle_backoff_stays_short_right_after_work_then_doubles_up_to_the_poll_i
     assert waits[-1] == 10.0 and max(waits) == 10.0
     backoff.got_work(now=200.0)
     assert backoff.next_wait(202.0) == 0.02
+
+
+def test_worker_modes_poll_waits_come_from_the_config():
+    config = RuntimeConfig(boefjes_api="http://127.0.0.1:9", oci_image="img", poll_interval=7.0, first_poll_wait=0.02)
+    settings = WorkerPool.from_config(config).settings  # (built, not started: no process, no request)
+    assert (settings.poll_interval, settings.first_poll_wait) == (7.0, 0.02)
 
 
 def test_error_backoff_grows_with_jitter_and_resets():

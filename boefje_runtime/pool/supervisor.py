@@ -159,6 +159,7 @@ class WorkerPool:
             pool_size=config.pool_size,
             queue=config.queue,
             poll_interval=config.poll_interval,
+            first_poll_wait=config.first_poll_wait,
             heartbeat=config.worker_heartbeat,
             deduplicate=config.deduplicate,
             dedup_group_limit=config.dedup_group_limit,
