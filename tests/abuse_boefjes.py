@@ -6,6 +6,7 @@ in the task's ``arguments``. Every wait is bounded, so a broken test cannot leav
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -193,6 +194,19 @@ print(json.dumps(fds))
 """
 
 
+def own_descriptors(meta: dict) -> list:
+    """Every descriptor open in this worker and its target (what a boefje could read or write)."""
+    return [({"application/json"}, json.dumps(_descriptors()))]
+
+
+def _descriptors() -> dict[str, str]:
+    found = {}
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # (the descriptor listdir itself used is closed by now)
+            found[name] = os.readlink(f"/proc/self/fd/{name}")
+    return found
+
+
 def inherited_descriptors(meta: dict) -> list:
     """What a program the boefje executes inherits when it keeps descriptors (``close_fds=False``,
     as ``os.exec*`` and many scanners' own launchers do): every open descriptor and its target."""
@@ -233,6 +247,7 @@ def registry() -> BoefjeRegistry:
         "big-output": big_output,
         "dump-environment": dump_environment,
         "inherited-descriptors": inherited_descriptors,
+        "own-descriptors": own_descriptors,
         "leak-environment": leak_environment,
         "raise-secret": raise_secret,
         "tag-secret": tag_secret,

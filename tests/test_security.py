@@ -18,9 +18,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import ssl
 import subprocess
 import threading
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import quote
@@ -39,7 +41,7 @@ from boefje_runtime.retry import NO_RETRY
 from boefje_runtime.testing import BoefjeAPIServer, make_task
 
 from . import abuse_boefjes
-from .helpers import IMAGE, run_cli, running_task, write_plugin
+from .helpers import IMAGE, run_cli, running_task, wait_until, write_plugin
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -176,6 +178,36 @@ def test_a_program_a_boefje_executes_inherits_no_descriptor_of_the_pool(boefje_a
     of_the_pool = {fd: target for fd, target in descriptors.items()
                    if fd not in ("0", "1", "2") and _inherited_by_this_process().get(fd) != target}
     assert of_the_pool == {}, json.dumps(descriptors)
+
+
+def test_a_worker_forked_by_a_new_fork_server_holds_no_other_workers_pipes(boefje_api, make_pool):
+    # Given a pool of two, and what a worker forked by its first fork server holds
+    pool = make_pool(pool_size=2).start()
+    first = held_descriptors(boefje_api)
+
+    # When the fork server dies (its workers with it) and the pool forks new workers through a new
+    # one, forked from the supervisor, which by now holds each worker's pipes and progress page
+    first_server = pool._forks.pid
+    os.kill(first_server, signal.SIGKILL)
+    wait_until(lambda: pool._forks.pid not in (0, first_server) and len(pool.workers) == 2
+               and all(worker.state.value == "idle" for worker in pool.workers), 30, "new workers")
+
+    # Then a new worker holds no more than the first one did: no other worker's progress page or
+    # next-task pipe (a boefje could read another organisation's task from it)
+    then = held_descriptors(boefje_api)
+    assert kinds(then) == kinds(first), (kinds(first), kinds(then))
+
+
+def held_descriptors(boefje_api) -> dict[str, str]:
+    task_id = boefje_api.enqueue(make_task("own-descriptors", oci_image=IMAGE))
+    boefje_api.wait_for_status(task_id, "completed")
+    return json.loads(boefje_api.files(task_id)[0]["content"])
+
+
+def kinds(descriptors: dict[str, str]) -> Counter:
+    """How many descriptors point at pipes, memfds, sockets, ...: not which (they differ per worker),
+    and not the parked ones (``/dev/null`` duplicated over a number that is not the worker's)."""
+    return Counter(target.split(":", 1)[0] for target in descriptors.values() if target != os.devnull)
 
 
 def _inherited_by_this_process() -> dict[str, str]:

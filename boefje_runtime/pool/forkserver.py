@@ -21,11 +21,16 @@ What stays as it was with a direct fork:
   reap it. Until then killing what is left of its process group cannot hit a stranger.
 
 The exchange is a Unix ``SOCK_SEQPACKET`` pair (one message per send): the supervisor sends
-``b"S"`` with three file descriptors (the worker's end of its duplex pipe, the write end of its
-status pipe and its progress page, progress.py; ``SCM_RIGHTS``), answered by the pid (8 bytes,
-signed; ``-errno`` when the fork failed); and ``b"R"`` + pid to have an ended worker reaped (no
-answer). Orphans of a worker are re-parented to the supervisor, which is the child subreaper; the
-fork server is not one.
+``b"S"`` with four file descriptors (the worker's end of its duplex pipe, the write end of its
+status pipe, its progress page, progress.py, and the read end of its next-task pipe; ``SCM_RIGHTS``;
+made close-on-exec as they arrive), answered by the pid (8 bytes, signed; ``-errno`` when the fork
+failed); and ``b"R"`` + pid to have an ended worker reaped (no answer). Orphans of a worker are
+re-parented to the supervisor, which is the child subreaper; the fork server is not one.
+
+What a worker holds: the descriptors that were open before the pool made any of its own (passed as
+``inherited``), its own four, and ``/dev/null`` over every other number the fork gave it (parked,
+``worker.park``): not the supervisor's selector or wake-up pipes, and, when a server that died is
+replaced by a new fork of the supervisor, not the other workers' pipes and progress pages.
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ from typing import Any
 
 from .. import libc, process_tree
 from ..process_exit import exit_now
-from .worker import close_inherited_sockets
+from .worker import close_inherited_sockets, logging_descriptors, open_descriptors, park
 
 logger = logging.getLogger("boefje_runtime.pool")
 
@@ -141,12 +146,16 @@ class ForkServer:
     so in the log, since that one may be forked from a process with threads.
     """
 
-    def __init__(self, main: WorkerMain, spec: Any) -> None:
+    def __init__(self, main: WorkerMain, spec: Any, *, inherited: dict[int, os.stat_result] | None = None) -> None:
+        """``inherited``: the descriptors (``worker.open_descriptors()``) a server and its workers may
+        keep; by default, those open when the first server starts. Every other one is parked in the
+        server (``worker.park``): the pool passes what was open before it made any pipe of its own."""
         self.main = main
         self.spec = spec
         self.pid = 0
         self._control: socket.socket | None = None
         self._lock = threading.Lock()
+        self._kept = None if inherited is None else _identities(inherited)
 
     @property
     def running(self) -> bool:
@@ -166,6 +175,11 @@ class ForkServer:
         # worker's first allocations land, each copying the page (measured: 2 MB more PSS for
         # supervisor + 2 workers; the garbage it would have freed is a one-off, frozen).
         gc.freeze()
+        if self._kept is None:
+            # The same set for a new server (the first one died), forked from a supervisor that
+            # holds every worker's pipes and progress page by then: it parks them, so no worker it
+            # forks can read another worker's next task.
+            self._kept = _identities(open_descriptors())
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         threads = threading.active_count()
         supervisor_pid = os.getpid()
@@ -176,7 +190,7 @@ class ForkServer:
                 code = 1
                 try:
                     ours.close()
-                    code = _serve(theirs, self.main, self.spec, supervisor_pid)
+                    code = _serve(theirs, self.main, self.spec, supervisor_pid, self._kept)
                 except BaseException:
                     traceback.print_exc()
                 finally:
@@ -258,7 +272,12 @@ class ForkServer:
 # -- inside the fork server ------------------------------------------------------------------------
 
 
-def _serve(control: socket.socket, main: WorkerMain, spec: Any, supervisor_pid: int) -> int:
+def _identities(descriptors: dict[int, os.stat_result]) -> dict[int, tuple[int, int]]:
+    return {fd: (status.st_dev, status.st_ino) for fd, status in descriptors.items()}
+
+
+def _serve(control: socket.socket, main: WorkerMain, spec: Any, supervisor_pid: int,
+           inherited: dict[int, tuple[int, int]]) -> int:
     """The fork server's loop: fork a worker per request, report each exit code; 0 once the
     supervisor closes the control socket."""
     signal.set_wakeup_fd(-1)  # the supervisor's wake-up pipe is not ours
@@ -266,6 +285,9 @@ def _serve(control: socket.socket, main: WorkerMain, spec: Any, supervisor_pid: 
         signal.signal(signum, signal.SIG_IGN)
     if not process_tree.die_with_parent(supervisor_pid):
         return 0
+    kept = {control.fileno()} | logging_descriptors()
+    park(fd for fd, identity in _identities(open_descriptors()).items()
+         if fd not in kept and inherited.get(fd) != identity)
     # A listening socket of the embedding program (or the supervisor's HTTP connections) held here
     # would keep its port taken after its owner closed it; the workers do the same for themselves.
     close_inherited_sockets(control.fileno())

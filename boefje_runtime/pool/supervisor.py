@@ -92,6 +92,7 @@ class WorkerPool:
         clock: Callable[[], float] = time.monotonic,
         tracing: Tracing | NoTracing = NO_TRACING,
     ) -> None:
+        inherited = w.open_descriptors()  # what workers may hold: nothing the pool opens below
         self.settings = settings or PoolSettings()
         self.client = client
         self.task_filter = task_filter or TaskFilter()
@@ -139,7 +140,7 @@ class WorkerPool:
             tracing.preload()  # imported once here, not per forked worker
         # Forked now, before the caller or we start any thread (the health endpoint, the pops in
         # flight): every worker is forked by this clean, single-threaded process (forkserver.py).
-        self._forks = ForkServer(w.worker_main, self._worker_spec).start()
+        self._forks = ForkServer(w.worker_main, self._worker_spec, inherited=inherited).start()
         self._reaper.spare = lambda: (self._forks.pid,)
         self._selector.register(self._poller.pops.wakeup_fd, selectors.EVENT_READ, None)
         policy = client.retry_policy

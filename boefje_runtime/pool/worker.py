@@ -18,7 +18,7 @@ import select
 import signal
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
@@ -84,30 +84,52 @@ def close_inherited_sockets(keep: int) -> None:
     keep its port taken after its owner closed it). Files and plain pipes stay: multiprocessing's
     exit sentinel is one.
 
-    Each such descriptor is not closed but *parked*: ``/dev/null`` is duplicated over it. Python
-    objects in this (forked) process still name those numbers: a ``socket.socket`` of the
-    supervisor's HTTP session, a ``Connection`` to another worker. Had we closed the numbers, the
-    next file this worker opens could get one, and such an object, closed later (by the garbage
-    collector, say), would close *that* file under its new owner. Parked, the number stays taken
-    by ``/dev/null`` for the life of the worker: the socket itself is released (its port is free once
-    its owner closes it), and whatever an old object does with the number touches nothing.
+    Each such descriptor is not closed but *parked* (:func:`park`).
     """
-    kept = {keep}
-    for handler in logging.getLogger().handlers:  # a SysLogHandler or SocketHandler keeps its socket
-        for attribute in ("socket", "sock"):
+    kept = {keep} | logging_descriptors()
+    park(fd for fd, status in open_descriptors().items() if stat.S_ISSOCK(status.st_mode) and fd not in kept)
+
+
+def open_descriptors() -> dict[int, os.stat_result]:
+    """This process's open descriptors above stderr and what each is (empty where ``/proc`` is
+    missing: not Linux)."""
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return {}
+    found = {}
+    for name in names:
+        fd = int(name)
+        if fd > 2:
+            with contextlib.suppress(OSError):  # (the descriptor listdir used is closed by now)
+                found[fd] = os.fstat(fd)
+    return found
+
+
+def logging_descriptors() -> set[int]:
+    """Descriptors the root logger's handlers write to (a SysLogHandler's or SocketHandler's
+    socket, a FileHandler's file): a forked process must keep them to log."""
+    kept = set()
+    for handler in logging.getLogger().handlers:
+        for attribute in ("socket", "sock", "stream"):
             with contextlib.suppress(AttributeError, OSError, ValueError):
                 kept.add(getattr(handler, attribute).fileno())
-    try:
-        open_fds = [int(name) for name in os.listdir("/proc/self/fd")]
-    except OSError:
-        return  # not Linux: leave them
+    return kept
+
+
+def park(fds: Iterable[int]) -> None:
+    """Duplicate ``/dev/null`` over each of ``fds`` instead of closing it. Python objects in this
+    (forked) process may still name those numbers: a ``socket.socket`` of the supervisor's HTTP
+    session, a ``Connection`` to another worker. Had we closed the numbers, the next file this
+    process opens could get one, and such an object, closed later (by the garbage collector, say),
+    would close *that* file under its new owner. Parked, the number stays taken by ``/dev/null``
+    for the life of the process: what it named is released (a socket's port is free once its owner
+    closes it), and whatever an old object does with the number touches nothing."""
     null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     try:
-        for fd in open_fds:
-            if fd <= 2 or fd in kept or fd == null:
-                continue
-            with contextlib.suppress(OSError):
-                if stat.S_ISSOCK(os.fstat(fd).st_mode):
+        for fd in fds:
+            if fd != null:
+                with contextlib.suppress(OSError):
                     os.dup2(null, fd, inheritable=False)
     finally:
         os.close(null)
