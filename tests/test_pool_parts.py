@@ -50,7 +50,7 @@ def test_idle_backoff_stays_short_right_after_work_then_doubles_up_to_the_poll_i
 
 def test_worker_modes_poll_waits_come_from_the_config():
     config = RuntimeConfig(boefjes_api="http://127.0.0.1:9", oci_image="img", poll_interval=7.0, first_poll_wait=0.02)
-    settings = WorkerPool.from_config(config).settings  # (built, not started: no process, no request)
+    settings = PoolSettings.from_config(config)
     assert (settings.poll_interval, settings.first_poll_wait) == (7.0, 0.02)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -41,7 +42,7 @@ from boefje_runtime.retry import NO_RETRY
 from boefje_runtime.testing import BoefjeAPIServer, make_task
 
 from . import abuse_boefjes
-from .helpers import IMAGE, run_cli, running_task, wait_until, write_plugin
+from .helpers import IMAGE, hold_task, run_cli, running_task, wait_until, write_plugin
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -180,22 +181,40 @@ def test_a_program_a_boefje_executes_inherits_no_descriptor_of_the_pool(boefje_a
     assert of_the_pool == {}, json.dumps(descriptors)
 
 
-def test_a_worker_forked_by_a_new_fork_server_holds_no_other_workers_pipes(boefje_api, make_pool):
-    # Given a pool of two, and what a worker forked by its first fork server holds
+def test_a_worker_holds_none_of_the_supervisors_own_descriptors(boefje_api, make_pool):
+    # Given a pool (its supervisor has a wake-up pipe for its pops, a selector, each worker's pipes)
     pool = make_pool(pool_size=2).start()
-    first = held_descriptors(boefje_api)
 
-    # When the fork server dies (its workers with it) and the pool forks new workers through a new
-    # one, forked from the supervisor, which by now holds each worker's pipes and progress page
-    first_server = pool._forks.pid
-    os.kill(first_server, signal.SIGKILL)
-    wait_until(lambda: pool._forks.pid not in (0, first_server) and len(pool.workers) == 2
-               and all(worker.state.value == "idle" for worker in pool.workers), 30, "new workers")
+    # When a boefje lists what its worker holds
+    held = held_descriptors(boefje_api)
 
-    # Then a new worker holds no more than the first one did: no other worker's progress page or
-    # next-task pipe (a boefje could read another organisation's task from it)
-    then = held_descriptors(boefje_api)
-    assert kinds(then) == kinds(first), (kinds(first), kinds(then))
+    # Then the supervisor's wake-up pipe is not among it (parked by the fork server), and no
+    # progress page but its own worker's
+    wake_up_pipe = os.readlink(f"/proc/self/fd/{pool._poller.pops.wakeup_fd}")
+    assert wake_up_pipe not in held.values(), held
+    assert kinds(held)["/memfd"] <= 1, held
+
+
+def test_a_pool_whose_fork_server_died_stops_with_exit_code_1_instead_of_forking_another(boefje_api, make_pool,
+                                                                                         tmp_path, caplog):
+    # Given a pool running a task
+    caplog.set_level(logging.ERROR, logger="boefje_runtime")
+    held, pid_file, _release = hold_task(tmp_path, "held")
+    pool = make_pool(pool_size=1).start()
+    held_id = boefje_api.enqueue(held)
+    wait_until(pid_file.exists, 15, "the boefje to start")
+
+    # When the fork server dies (the kernel ends its workers with it)
+    fork_server = pool._forks.pid
+    os.kill(fork_server, signal.SIGKILL)
+
+    # Then the pool does not fork a new one from the supervisor (it holds other tasks' data in its
+    # memory): it stops with exit code 1, saying why, and leaves no task open
+    wait_until(lambda: pool.phase == "stopped", 30, "the pool to stop")
+    assert pool.exit_code == 1
+    assert pool._forks.pid == 0
+    assert any("fork server died" in record.getMessage() for record in caplog.records)
+    boefje_api.wait_for_status(held_id, "failed")
 
 
 def held_descriptors(boefje_api) -> dict[str, str]:

@@ -28,9 +28,12 @@ failed); and ``b"R"`` + pid to have an ended worker reaped (no answer). Orphans 
 re-parented to the supervisor, which is the child subreaper; the fork server is not one.
 
 What a worker holds: the descriptors that were open before the pool made any of its own (passed as
-``inherited``), its own four, and ``/dev/null`` over every other number the fork gave it (parked,
-``worker.park``): not the supervisor's selector or wake-up pipes, and, when a server that died is
-replaced by a new fork of the supervisor, not the other workers' pipes and progress pages.
+``inherited``), its own (its pipe to the supervisor, its next-task pipe and, before Python 3.13, the
+copy that its progress page's mapping keeps), and ``/dev/null`` over every other number the fork
+gave it (parked, ``worker.park``): not the supervisor's selector or wake-up pipes.
+
+A server that died is not replaced (:class:`ForkServerGone`): it could only be forked from the
+supervisor as it is by then, with every task it holds in memory.
 """
 
 from __future__ import annotations
@@ -138,12 +141,19 @@ class ForkedProcess:
         return f"<ForkedProcess pid={self.pid} exitcode={self._exitcode}>"
 
 
+class ForkServerGone(RuntimeError):
+    """The fork server died (it should not: it only forks and reaps; an OOM kill or a stray
+    ``kill`` can end it). It is not replaced: a new one would be a fork of the supervisor as it is
+    by then, with threads running and every task it holds in memory (their environments, another
+    organisation's credentials among them), and each worker forked from it would have them too."""
+
+
 class ForkServer:
     """Forks ``main(conn, spec, parent_pid, progress_fd, next_fd)`` workers from a clean, single-threaded process.
 
     :meth:`start` forks the server; call it before the supervisor starts any thread. If the server
-    dies (it should not: it only forks and reaps), the next :meth:`spawn` starts a new one and says
-    so in the log, since that one may be forked from a process with threads.
+    dies, :meth:`spawn` raises :class:`ForkServerGone` from then on (the pool stops with exit code 1,
+    and the orchestrator starts a clean container).
     """
 
     def __init__(self, main: WorkerMain, spec: Any, *, inherited: dict[int, os.stat_result] | None = None) -> None:
@@ -156,6 +166,8 @@ class ForkServer:
         self._control: socket.socket | None = None
         self._lock = threading.Lock()
         self._kept = None if inherited is None else _identities(inherited)
+        #: Why the server is gone for good (None while it may run); see :class:`ForkServerGone`.
+        self._gone: str | None = None
 
     @property
     def running(self) -> bool:
@@ -175,10 +187,9 @@ class ForkServer:
         # worker's first allocations land, each copying the page (measured: 2 MB more PSS for
         # supervisor + 2 workers; the garbage it would have freed is a one-off, frozen).
         gc.freeze()
+        if self._gone is not None:
+            raise ForkServerGone(self._gone)
         if self._kept is None:
-            # The same set for a new server (the first one died), forked from a supervisor that
-            # holds every worker's pipes and progress page by then: it parks them, so no worker it
-            # forks can read another worker's next task.
             self._kept = _identities(open_descriptors())
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         threads = threading.active_count()
@@ -202,7 +213,7 @@ class ForkServer:
         self._control, self.pid = ours, pid
         if threads > 1:
             logger.info("The worker fork server was started while this process runs %d threads; workers "
-                           "may inherit a lock held at that moment", threads)
+                        "may inherit a lock held at that moment", threads)
         return self
 
     def spawn(self, progress_fd: int, next_fd: int) -> tuple[ForkedProcess, Connection]:
@@ -214,11 +225,10 @@ class ForkServer:
                 return self._spawn(progress_fd, next_fd)
             except (OSError, EOFError) as exc:
                 if isinstance(exc, OSError) and exc.errno in (errno.EAGAIN, errno.ENOMEM):
-                    raise  # the fork failed for want of resources: a new server would not help
-                logger.warning("The worker fork server is gone (%s); starting a new one", exc)
+                    raise  # the fork failed for want of resources: the server lives on
                 self._discard()
-                self.start()
-                return self._spawn(progress_fd, next_fd)
+                self._gone = f"it no longer answers: {exc}"
+                raise ForkServerGone(self._gone) from None
 
     def _spawn(self, progress_fd: int, next_fd: int) -> tuple[ForkedProcess, Connection]:
         if self._control is None:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..config import MAX_POOL_SIZE
+
+if TYPE_CHECKING:
+    from ..config import RuntimeConfig
 
 #: Above this many workers per CPU the pool says it is probably oversized (boefjes mostly wait on the
 #: network, so a few per CPU make sense; dozens do not).
@@ -70,6 +74,30 @@ class PoolSettings:
     #: process: worker mode, a container's PID 1 (then it is on whatever this says). Leave it off
     #: when embedding the pool in a program that starts child processes of its own. See reaper.py.
     adopt_orphans: bool = False
+
+    @classmethod
+    def from_config(cls, config: RuntimeConfig) -> PoolSettings:
+        """Worker mode's settings, as the CLI gives them (the pool owns its process there, so it
+        adopts orphaned boefje processes; see reaper.py)."""
+        return cls(
+            pool_size=config.pool_size,
+            queue=config.queue,
+            poll_interval=config.poll_interval,
+            first_poll_wait=config.first_poll_wait,
+            heartbeat=config.worker_heartbeat,
+            deduplicate=config.deduplicate,
+            dedup_group_limit=config.dedup_group_limit,
+            task_timeout=config.task_timeout or None,
+            max_tasks_per_child=config.max_tasks_per_child or None,
+            max_memory_per_child=config.max_memory_per_child or None,
+            shutdown_timeout=config.shutdown_timeout,
+            prefetch=config.prefetch,
+            pop_ahead=config.pop_ahead,
+            burst=config.burst,
+            max_tasks=config.max_tasks or None,
+            max_output_bytes=config.max_output_bytes,
+            adopt_orphans=True,
+        )
 
     def __post_init__(self) -> None:
         if not 1 <= self.pool_size <= MAX_POOL_SIZE:

@@ -44,7 +44,7 @@ from .backoff import StartupGuard
 from .events import PoolEvents, PoolStats, emit
 from .exits import TaskExit, Ticket
 from .finalizer import Finalizer
-from .forkserver import ForkServer
+from .forkserver import ForkServer, ForkServerGone
 from .lifecycle import Bounds, WorkerState, call_bound
 from .messages import Mailbox
 from .polling import Answer, Poller
@@ -156,25 +156,7 @@ class WorkerPool:
         owns its process, so it adopts orphaned boefje processes; see reaper.py)."""
         client = BoefjeAPIClient.from_config(config)
         task_filter = TaskFilter(oci_images=config.images, plugins=config.plugins)
-        settings = PoolSettings(
-            pool_size=config.pool_size,
-            queue=config.queue,
-            poll_interval=config.poll_interval,
-            first_poll_wait=config.first_poll_wait,
-            heartbeat=config.worker_heartbeat,
-            deduplicate=config.deduplicate,
-            dedup_group_limit=config.dedup_group_limit,
-            task_timeout=config.task_timeout or None,
-            max_tasks_per_child=config.max_tasks_per_child or None,
-            max_memory_per_child=config.max_memory_per_child or None,
-            shutdown_timeout=config.shutdown_timeout,
-            prefetch=config.prefetch,
-            pop_ahead=config.pop_ahead,
-            burst=config.burst,
-            max_tasks=config.max_tasks or None,
-            max_output_bytes=config.max_output_bytes,
-            adopt_orphans=True,
-        )
+        settings = PoolSettings.from_config(config)
         if registry is None:
             registry = BoefjeRegistry.discover(config.plugin_dir)
         return cls(
@@ -251,7 +233,8 @@ class WorkerPool:
             self._collect_pops(now)  # before the finalizer: a malformed task is closed before the next pop
         self._finalizer.run(now)
         if self._phase is Phase.RUNNING:
-            self._fill(now)
+            self._fill(now)  # (ends the running phase when the fork server is gone)
+        if self._phase is Phase.RUNNING:
             self._dispatch(now)
             self._poll(now)  # after the dispatch: a worker that just got a task may want its next
             if self._poller.pops.answered:
@@ -345,6 +328,13 @@ class WorkerPool:
             except OSError as exc:  # EAGAIN at pids.max, ENOMEM: back off like a start-up death
                 wait = self._startup.died_starting(now)
                 logger.error("Could not start a worker: %s; next try in %.1f s", exc, wait)
+                return
+            except ForkServerGone as exc:
+                logger.error("The worker fork server died (%s), and its workers with it; stopping with exit code 1 "
+                             "for a clean restart: a new fork server would be a copy of this process, with the "
+                             "tasks it holds in memory", exc)
+                self.exit_code = ExitCode.INTERNAL_ERROR
+                self._begin_shutdown(now, "the worker fork server died")
                 return
             if self._startup.failures:
                 return  # after a start-up death, start one at a time until one comes up

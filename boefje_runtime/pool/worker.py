@@ -17,6 +17,7 @@ import pickle
 import select
 import signal
 import stat
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -107,13 +108,18 @@ def open_descriptors() -> dict[int, os.stat_result]:
 
 
 def logging_descriptors() -> set[int]:
-    """Descriptors the root logger's handlers write to (a SysLogHandler's or SocketHandler's
-    socket, a FileHandler's file): a forked process must keep them to log."""
+    """Descriptors that log handlers write to (a SysLogHandler's or SocketHandler's socket, a
+    FileHandler's file, on any logger), and ``sys.stdout`` and ``sys.stderr``, wherever they point: a
+    forked process must keep them to log and print."""
+    loggers = [logging.getLogger(), *(item for item in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(item, logging.Logger))]
+    writers: list[Any] = [sys.stdout, sys.stderr]
+    for handler in (handler for logger in loggers for handler in logger.handlers):
+        writers += [getattr(handler, attribute, None) for attribute in ("socket", "sock", "stream")]
     kept = set()
-    for handler in logging.getLogger().handlers:
-        for attribute in ("socket", "sock", "stream"):
-            with contextlib.suppress(AttributeError, OSError, ValueError):
-                kept.add(getattr(handler, attribute).fileno())
+    for writer in writers:
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            kept.add(writer.fileno())
     return kept
 
 
