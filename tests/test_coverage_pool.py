@@ -318,12 +318,13 @@ class ExitReasons(PoolEvents):
         self.reasons.append(reason)
 
 
+@pytest.mark.parametrize("max_tasks_per_child", [None, 1], ids=["no-limit", "limit-reached-too"])
 def test_a_worker_that_got_sigterm_finishes_its_task_and_is_counted_killed_not_recycled(boefje_api, make_pool,
-                                                                                         tmp_path):
-    # Given a pool running a task
+                                                                                         tmp_path, max_tasks_per_child):
+    # Given a pool running a task (with a worker that also reaches its task limit with it)
     exits = ExitReasons()
     held, pid_file, release = hold_task(tmp_path, "held")
-    pool = make_pool(pool_size=1, listeners=[exits]).start()
+    pool = make_pool(pool_size=1, listeners=[exits], max_tasks_per_child=max_tasks_per_child).start()
     held_id = boefje_api.enqueue(held)
     wait_until(pid_file.exists, 15, "the boefje to start")
     worker_pid = int(pid_file.read_text())

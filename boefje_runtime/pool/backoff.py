@@ -8,9 +8,9 @@ import random
 class IdleBackoff:
     """How long to wait before the next pop when the queue was empty.
 
-    Flat at ``first`` for ``hot_window`` seconds after the last task (bursty queues are picked up
-    within tens of milliseconds), then doubling up to ``ceiling`` (the poll interval), so an idle
-    container pops at most once per poll interval.
+    Flat at ``first`` for ``hot_window`` seconds after the last task (a task of a bursty queue is
+    picked up within ``first``: ``FIRST_POLL_WAIT``), then doubling up to ``ceiling`` (the poll
+    interval), so an idle container pops at most once per poll interval.
     """
 
     def __init__(self, first: float, ceiling: float, hot_window: float) -> None:

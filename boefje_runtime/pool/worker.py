@@ -193,8 +193,9 @@ def worker_main(conn: Connection, spec: WorkerSpec, parent_pid: int, progress_fd
             tasks_done += 1
             # Decided before reporting, in the same message: a worker that says it leaves never reads
             # its next-task pipe again, and the supervisor takes back what waits there.
-            reason = retire_reason(tasks_done, spec.max_tasks_per_child, spec.max_memory_per_child) or (
-                STOP_REASON if _Flags.stop else None)
+            # A SIGTERM says more than a limit reached at the same time (the metrics count it apart)
+            reason = STOP_REASON if _Flags.stop else retire_reason(
+                tasks_done, spec.max_tasks_per_child, spec.max_memory_per_child)
             conn.send(("done", raw_task["id"], report, time.monotonic() - started, reason))
             if reason:
                 return
