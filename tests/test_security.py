@@ -42,7 +42,7 @@ from boefje_runtime.retry import NO_RETRY
 from boefje_runtime.testing import BoefjeAPIServer, make_task
 
 from . import abuse_boefjes
-from .helpers import IMAGE, hold_task, run_cli, running_task, wait_until, write_plugin
+from .helpers import IMAGE, error_text, hold_task, run_cli, running_task, wait_until, write_plugin
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -215,6 +215,7 @@ def test_a_pool_whose_fork_server_died_stops_with_exit_code_1_instead_of_forking
     assert pool._forks.pid == 0
     assert any("fork server died" in record.getMessage() for record in caplog.records)
     boefje_api.wait_for_status(held_id, "failed")
+    assert "killed with the worker fork server" in error_text(boefje_api, held_id)
 
 
 def held_descriptors(boefje_api) -> dict[str, str]:

@@ -85,6 +85,8 @@ class ForkedProcess:
         self.sentinel = status_fd
         self._release = release
         self._exitcode: int | None = None
+        #: True once it is known to have ended because the fork server died (no exit code came).
+        self.died_with_server = False
         self._closer = weakref.finalize(self, _close_fd, status_fd)
         # Built once: the reaper asks every worker on every step of the loop.
         self._status = select.poll()
@@ -112,6 +114,7 @@ class ForkedProcess:
             self._release(self.pid)
         else:  # no status: the fork server died, and the kernel killed its workers with it
             self._exitcode = -signal.SIGKILL
+            self.died_with_server = True
 
     def join(self, timeout: float | None = None) -> None:
         if self._exitcode is None and self._closer.alive and _readable(self.sentinel, timeout):

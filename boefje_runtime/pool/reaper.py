@@ -103,7 +103,10 @@ class Reaper:
             logger.info("Worker pid=%d ended after the supervisor killed it (%s)", worker.pid, worker.why)
             emit(self.listeners, "worker_exited", "killed")
             return
-        how = describe_exit(code, oom_kills=self._oom.new_kills() if code is not None and code < 0 else 0)
+        if getattr(worker.process, "died_with_server", False):  # (our own PR_SET_PDEATHSIG: no guess at OOM)
+            how = "was killed with the worker fork server, which died"
+        else:
+            how = describe_exit(code, oom_kills=self._oom.new_kills() if code is not None and code < 0 else 0)
         if worker.holds_task:
             endings.lost(worker, now, how, self.finalizer)
             emit(self.listeners, "worker_exited", "died")
