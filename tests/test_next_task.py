@@ -287,3 +287,31 @@ def test_a_worker_runs_the_task_in_its_pipe_before_the_one_waiting_ahead(boefje_
     assert [message[:2] for message in messages] == [("ready", worker.pid), ("done", piped["id"]),
                                                      ("done", ahead["id"])]
     boefje_api.wait_for_status(ids, "completed", timeout=15)
+
+
+@pytest.mark.parametrize("stale_poll", [True, False], ids=["poll-saw-only-the-next-pipe", "poll-saw-both"])
+def test_a_task_in_the_supervisors_pipe_goes_first_even_when_the_poll_saw_only_the_next_task(stale_poll):
+    # Given a worker's two pipes as the supervisor leaves them when it read a task back out of the
+    # next-task pipe, handed the worker another through its own pipe, then sent the first again as
+    # its next; and a poll taken before all that, which saw only the next-task pipe (or one after it)
+    from boefje_runtime.pool.worker import _take
+
+    supervisor_end, worker_end = multiprocessing.get_context("fork").Pipe()
+    next_r, next_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        handed = ("task", {"id": "handed"}, [], None)
+        again = ("task", {"id": "sent-again-as-next"}, [], None)
+        supervisor_end.send(handed)
+        os.write(next_w, pickle.dumps(again))
+
+        # When the worker takes what to run
+        now, after = _take(worker_end, next_r, not stale_poll, lambda: worker_end.poll(0))
+
+        # Then the handed task runs now and the next one right after it, whichever pipe the poll saw
+        assert (now[1]["id"], after[1]["id"] if after else None) == (
+            ("handed", "sent-again-as-next") if stale_poll else ("handed", None))
+    finally:
+        supervisor_end.close()
+        worker_end.close()
+        for fd in (next_r, next_w):
+            os.close(fd)
