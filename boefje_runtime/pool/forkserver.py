@@ -179,6 +179,8 @@ class ForkServer:
     def start(self) -> ForkServer:
         if self._control is not None:
             return self
+        if self._gone is not None:
+            raise ForkServerGone(self._gone)
         # The fork server and every worker call prctl (die_with_parent): ctypes and the C library
         # loaded here are shared by all of them; the heap's free pages are released first, so no
         # child inherits (and copies on its first allocation there) pages nobody uses (libc.py).
@@ -190,8 +192,6 @@ class ForkServer:
         # worker's first allocations land, each copying the page (measured: 2 MB more PSS for
         # supervisor + 2 workers; the garbage it would have freed is a one-off, frozen).
         gc.freeze()
-        if self._gone is not None:
-            raise ForkServerGone(self._gone)
         if self._kept is None:
             self._kept = _identities(open_descriptors())
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
