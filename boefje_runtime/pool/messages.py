@@ -32,7 +32,7 @@ from .events import PoolEvents, emit
 from .exits import TaskExit, Ticket
 from .finalizer import Finalizer
 from .lifecycle import WorkerState
-from .process import Assignment, WorkerHandle
+from .process import WorkerHandle
 from .progress import Progress
 from .worker import Report
 
@@ -45,12 +45,12 @@ class Mailbox:
     """Handles worker messages for the supervisor."""
 
     def __init__(self, finalizer: Finalizer, startup: StartupGuard, listeners: list[PoolEvents], *,
-                 give_back: Callable[[Assignment, float], None]) -> None:
+                 return_next: Callable[[WorkerHandle, float], bool]) -> None:
         self.finalizer = finalizer
         self.startup = startup
         self.listeners = listeners  # the pool's own list, not a copy
-        #: The supervisor's: a next task read back out of a worker's pipe is handed out again.
-        self.give_back = give_back
+        #: The supervisor's: reads a worker's next task back out of its pipe and hands it out again.
+        self.return_next = return_next
 
     def read(self, worker: WorkerHandle, now: float, *, draining: bool) -> bool:
         """Read and handle every message waiting on ``worker``'s pipe; False once the pipe is closed."""
@@ -114,9 +114,7 @@ class Mailbox:
             return
         assignment, worker.assignment = worker.assignment, None
         self._settle(assignment, report, duration, now)
-        unread = worker.take_back()  # a leaving worker never reads it; a staying one may not have yet
-        if unread is not None:
-            self.give_back(unread, now)
+        self.return_next(worker, now)  # a leaving worker never reads it; a staying one may not have yet
         if retiring:
             worker.why = retiring
             worker.move(S.RETIRING, now)

@@ -113,7 +113,7 @@ class WorkerPool:
                               threads=None if clock is time.monotonic else 0,
                               tracer_factory=PopTracer if tracing.enabled else None)
         self._startup = StartupGuard()
-        self._mailbox = Mailbox(self._finalizer, self._startup, self.listeners, give_back=self._give_back)
+        self._mailbox = Mailbox(self._finalizer, self._startup, self.listeners, return_next=self._return_next)
         adopt = self.settings.adopt_orphans or os.getpid() == 1
         self._reaper = Reaper(self._finalizer, self._startup, self.listeners, adopt=adopt)
         self._signals = StopSignals()
@@ -304,12 +304,7 @@ class WorkerPool:
     def _settle_next(self, worker: WorkerHandle, now: float) -> None:
         """A worker leaves with a next task sent: given back if it was still in the pipe; else the
         worker read it and may have started it (its running PATCH may have landed): failed."""
-        if worker.next is None:
-            return
-        assignment = worker.take_back()
-        if assignment is not None:
-            self._give_back(assignment, now)
-        else:
+        if worker.next is not None and not self._return_next(worker, now):
             endings.next_lost(worker, now, self._finalizer)
 
     def _unregister(self, *fileobjs: object) -> None:
@@ -427,9 +422,16 @@ class WorkerPool:
             return
         waiting.sort(key=lambda worker: worker.state is WorkerState.DELIVERING)
         for worker in waiting[:spare]:
-            assignment = worker.take_back()
-            if assignment is not None:
-                self._give_back(assignment, now)
+            self._return_next(worker, now)
+
+    def _return_next(self, worker: WorkerHandle, now: float) -> bool:
+        """Read ``worker``'s next task back out of its pipe and hand it out again (:meth:`_give_back`);
+        False when there is none or the worker has read it (then it is the worker's)."""
+        assignment = worker.take_back()
+        if assignment is None:
+            return False
+        self._give_back(assignment, now)
+        return True
 
     def _give_back(self, assignment: Assignment, now: float) -> None:
         """A next task read back out of a worker's pipe (for an idle worker, or it retired, died or was
@@ -455,9 +457,7 @@ class WorkerPool:
         """Stop popping (leave the running phase), then the drain's first steps (see shutdown.py)."""
         self._phase = Phase.DRAINING
         for worker in self.workers:  # a next task still in a pipe is not started: back to the queue
-            assignment = worker.take_back()
-            if assignment is not None:
-                self._give_back(assignment, now)
+            self._return_next(worker, now)
         self._shutdown.begin(now, why, immediate=immediate, workers=self.workers, held=self._held,
                              listeners=self.listeners)
         self._finalizer.run(now)
