@@ -4,6 +4,7 @@ threads against the real test Boefje API."""
 from __future__ import annotations
 
 import select
+import threading
 import time
 
 import pytest
@@ -14,13 +15,14 @@ from boefje_runtime.pool.popthreads import (
     PopThreads,
     TaskDurations,
     expected_free_at,
+    free_moments,
     next_soon,
     pop_horizon,
     pops_wanted,
 )
 from boefje_runtime.testing import make_task
 
-from .helpers import new_pool, ready_workers, wait_until
+from .helpers import new_pool, ready_workers, task, wait_until
 
 IMAGE = "ghcr.io/minvws/openkat/test:latest"
 NO_RETRY = RetryPolicy(attempts=1, total_seconds=1.0, initial_wait=0.01, max_wait=0.01)
@@ -43,16 +45,40 @@ def test_a_busy_worker_wants_a_pop_only_when_free_within_the_horizon():
     assert next_soon(free_at, 0.0, 0.05) == pytest.approx(0.15)
 
 
-def test_the_horizon_is_two_round_trips_so_the_answer_comes_before_the_worker_is_free():
-    # given 50 ms pops: a worker free in 80 ms gets its pop now (with one round trip of horizon the
+def test_the_horizon_is_four_round_trips_so_the_answer_comes_before_the_worker_is_free():
+    # given 50 ms pops: a moment 180 ms away gets its pop now (with one round trip of horizon the
     # answer would come about when it is free, and it would wait half the time)
     round_trip = 0.05
-    free_at = [0.08, 0.13]
+    free_at = [0.18, 0.23]
 
     wanted = pops_wanted(idle=0, free_at=free_at, now=0.0, horizon=pop_horizon(round_trip), held=0, in_flight=0)
 
     assert wanted == 1
     assert next_soon(free_at, 0.0, pop_horizon(round_trip)) == pytest.approx(0.03)
+
+
+def test_a_busy_worker_is_free_at_the_end_of_its_task_and_at_the_end_of_the_one_after():
+    assert free_moments(0.03, 0.025, next_waiting=False, now=0.0) == pytest.approx([0.03, 0.055])
+    # a next task waits in its pipe for the first moment already
+    assert free_moments(0.03, 0.025, next_waiting=True, now=0.0) == pytest.approx([0.055])
+    # past its usual end (still believable): the task after it counts from now
+    assert free_moments(-0.01, 0.025, next_waiting=False, now=0.0) == pytest.approx([-0.01, 0.025])
+    # an end or a duration not known: no moment
+    assert free_moments(None, 0.025, next_waiting=False, now=0.0) == [None, None]
+    assert free_moments(0.03, None, next_waiting=True, now=0.0) == [None]
+
+
+def test_a_boefje_shorter_than_a_pop_gets_two_pops_per_worker_a_slow_one_one_late():
+    # given 50 ms pops
+    horizon = pop_horizon(0.05)
+    # a 25 ms boefje that just began: a pop for its end and one for the end of the task after
+    short = free_moments(0.025, 0.025, next_waiting=False, now=0.0)
+    assert pops_wanted(idle=0, free_at=short, now=0.0, horizon=horizon, held=0, in_flight=0) == 2
+    assert pops_wanted(idle=0, free_at=short, now=0.0, horizon=horizon, held=1, in_flight=1) == 0
+    # a boefje of a second: nothing now, one pop once its end is within the horizon, never two
+    slow = free_moments(1.0, 1.0, next_waiting=False, now=0.0)
+    assert pops_wanted(idle=0, free_at=slow, now=0.0, horizon=horizon, held=0, in_flight=0) == 0
+    assert pops_wanted(idle=0, free_at=slow, now=0.9, horizon=horizon, held=0, in_flight=0) == 1
 
 
 def test_no_hoarding_a_task_held_or_in_flight_covers_the_worker_it_was_popped_for():
@@ -200,3 +226,47 @@ def test_the_loop_sleeps_while_a_slow_pop_is_in_flight(boefje_api):
         assert counter.turns - turns < 20
     finally:
         pool.stop(immediate=True, timeout=20)
+
+
+class ConcurrentPops:
+    """Counts the pops the test API is answering at once (a pop's delay is slept between its
+    arrival and its answer)."""
+
+    def __init__(self, api) -> None:
+        self.now = self.most = 0
+        self._lock = threading.Lock()
+        arrival, dispatch = api._arrival, api._dispatch
+
+        def counting_arrival(endpoint, *, routed):
+            if endpoint == "pop":
+                with self._lock:
+                    self.now += 1
+                    self.most = max(self.most, self.now)
+            return arrival(endpoint, routed=routed)
+
+        def counting_dispatch(endpoint, *args):
+            try:
+                return dispatch(endpoint, *args)
+            finally:
+                if endpoint == "pop":
+                    with self._lock:
+                        self.now -= 1
+
+        api._arrival, api._dispatch = counting_arrival, counting_dispatch
+
+
+def test_a_worker_of_a_boefje_shorter_than_a_pop_has_two_pops_out_at_once_never_three(boefje_api):
+    # given a scheduler whose pops take 0.3 s, a boefje that returns at once, and one worker
+    pops = ConcurrentPops(boefje_api)
+    boefje_api.inject("pop", delay=0.3, times=None)
+    ids = boefje_api.enqueue([task() for _ in range(12)])
+    pool = new_pool(boefje_api.url, pool_size=1).start()
+    try:
+        # when it works through them
+        boefje_api.wait_for_status(ids, "completed", timeout=60)
+    finally:
+        pool.stop(immediate=True, timeout=20)
+
+    # then, once it knew how long a pop and a task take, a pop was out for the end of its task and
+    # one for the end of the task after (one pop at a time leaves it idle most of each pop), never more
+    assert pops.most == 2

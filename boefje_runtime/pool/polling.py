@@ -7,9 +7,9 @@ reads as "pop for free workers" and the pacing can be read in one place.
 
 Pops run in threads (popthreads.py), so the loop never waits for one: :meth:`Poller.request`
 starts them, :meth:`Poller.collect` takes what came back. A pop starts for each idle worker and for
-each busy one that should be free within two pop round trips (from how long its boefje usually
-takes), less the tasks held and the pops in flight: the worker finds its next task waiting, and
-no more than one task waits per such worker.
+each moment a busy one should be free within four pop round trips (from how long its boefje
+usually takes: the end of its task, and the end of the one after), less the tasks held and the pops
+in flight: the worker finds its next task waiting, and no more than two tasks wait per such worker.
 
 Two small methods are the poller's policy, so a pop policy (e.g. deduplication's bigger pops) can
 replace them: :meth:`Poller.demand` (how many to pop) and :meth:`Poller.take` (what to do with the
@@ -34,7 +34,15 @@ from .backoff import ErrorBackoff, IdleBackoff
 from .events import PoolEvents, emit
 from .exits import Ticket
 from .pop_policy import PopMode, PopPolicy
-from .popthreads import PopThreads, TaskDurations, expected_free_at, next_soon, pop_horizon, pops_wanted
+from .popthreads import (
+    PopThreads,
+    TaskDurations,
+    expected_free_at,
+    free_moments,
+    next_soon,
+    pop_horizon,
+    pops_wanted,
+)
 from .process import WorkerHandle
 from .settings import PoolSettings
 
@@ -60,10 +68,11 @@ class Poller:
                  *, threads: int | None = None, tracer_factory: Callable[[], PopTracer] | None = None) -> None:
         self.api = api
         self.settings = settings
-        #: The pops in flight: one thread per worker at most (``threads=0``: pops run inline, for
-        #: step-driven tests with an injected clock).
+        #: The pops in flight: two threads per worker at most, one per moment it will be free
+        #: (``free_moments``; ``threads=0``: pops run inline, for step-driven tests with an injected
+        #: clock).
         self.pops = PopThreads(api.clone, settings.queue, task_filter or TaskFilter(),
-                               max_threads=settings.pool_size + settings.prefetch if threads is None else threads,
+                               max_threads=2 * settings.pool_size + settings.prefetch if threads is None else threads,
                                tracer_factory=tracer_factory)
         #: How long each boefje keeps a worker busy (watched at every :meth:`request`).
         self.durations = TaskDurations()
@@ -91,27 +100,29 @@ class Poller:
         return self.pops.round_trip.value or 0.0
 
     def free_at(self, workers: Iterable[WorkerHandle], now: float) -> list[float | None]:
-        """When each worker holding a task should be free (None: unknown). One that is only
-        delivering its output is free now; one that was sent its next task already is not counted
-        (that task is its pop-ahead); with pop-ahead off, none is counted before it is idle."""
+        """The moments the workers holding a task will be free for a task popped now (None: unknown;
+        :func:`free_moments`, two per worker at most). One that is only delivering its output is free
+        now; a next task sent to a worker already takes the moment its current one ends; with
+        pop-ahead off, none is counted before it is idle."""
         if not self.settings.pop_ahead:
             return []
         times: list[float | None] = []
         for worker in workers:
-            if worker.next is not None:
+            assignment = worker.assignment
+            if not worker.free_soon and not (worker.holds_task and assignment is not None):
                 continue
-            if worker.free_soon:
-                times.append(now)
-            elif worker.holds_task and worker.assignment is not None:
-                expected = self.durations.expected(worker.assignment.task.data.boefje.id)
-                times.append(expected_free_at(worker.assignment.started, expected, now, self.round_trip))
+            usual = self.durations.expected(assignment.task.data.boefje.id) if assignment is not None else None
+            end = now if worker.free_soon else expected_free_at(assignment.started, usual, now, self.round_trip)
+            if worker.next is not None:
+                usual = self.durations.expected(worker.next.task.data.boefje.id)
+            times += free_moments(end, usual, next_waiting=worker.next is not None, now=now)
         return times
 
     def demand(self, workers: Iterable[WorkerHandle], held: Sized, now: float = 0.0,
                free_at: list[float | None] | None = None) -> int:
-        """How many tasks to pop now: one per idle worker and per busy worker free within two pop
-        round trips (pop-ahead), plus the prefetch, minus what we already hold and the pops in
-        flight; never past the task limit. Zero or less: none."""
+        """How many tasks to pop now: one per idle worker and per moment a busy worker will be free
+        within four pop round trips (pop-ahead, :meth:`free_at`), plus the prefetch, minus what we
+        already hold and the pops in flight; never past the task limit. Zero or less: none."""
         workers = list(workers)
         idle = sum(1 for worker in workers if worker.takes_task)
         free_at = self.free_at(workers, now) if free_at is None else free_at
@@ -133,7 +144,7 @@ class Poller:
 
     def next_due(self, workers: list[WorkerHandle], held: Sized, now: float = 0.0) -> float | None:
         """When the loop should wake up to pop: now (or when the back-off allows) if it wants a pop,
-        else when the next busy worker gets within two round trips of its end; None when it wants
+        else when the next moment a busy worker will be free comes within the horizon; None when it wants
         nothing (waking would spin). An answer wakes the loop by itself (``pops.wakeup_fd``) when a
         worker could take its task; while none can, the next worker's "done" does."""
         if self._one_at_a_time:

@@ -4,7 +4,7 @@ Why: a pop through OpenKAT's Boefje API hydrates the task from the KATalogus and
 database, tens of milliseconds, while many boefjes finish in tens of milliseconds too. A loop that
 pops in turn leaves its workers idle for every pop; with the pop started before a worker is free
 (see :func:`pops_wanted`), the worker finds its next task waiting. Several pops may be in flight at
-once (one per worker at most), so a slow scheduler does not serialise a large pool.
+once (two per worker at most), so a slow scheduler does not serialise a large pool.
 
 What stays with the loop: which tasks it holds, who gets which (the supervisor knows who holds
 which task), and how many pops to start. A thread only pops and hands the raw answer back through
@@ -98,16 +98,16 @@ def expected_free_at(started: float, expected: float | None, now: float, round_t
     return free_at
 
 
-#: How far ahead a busy worker's next pop starts: once its expected end is within this many pop
-#: round trips. One is what the pop needs to come back; the second covers the spread of both
-#: guesses (under load a round trip and a boefje's time each vary by about as much as they last).
-#: With one, the answer came on average just as the worker finished, so half the time the worker
-#: waited for the rest of it, and the loop needed a timer wake-up to start the pop in between.
-#: Measured (pool 2, trivial boefje, against two bare loops): 0.62x -> 0.74x the throughput and 12 %
-#: less CPU per task in pools forked by one process; 0.72x -> 0.78x, CPU unchanged, in fresh
-#: interpreters (``benchmarks/compare.py``, six rounds). The price: a popped task waits for its
-#: worker about one round trip, still one task per such worker.
-AHEAD_ROUND_TRIPS = 2.0
+#: How far ahead a pop starts: once the moment it is for (see :func:`free_moments`) is within this
+#: many pop round trips. One is what the pop needs to come back; the rest covers the spread of both
+#: guesses (under load a round trip and a boefje's time each vary by about as much as they last) and
+#: the hand-overs the round trip leaves out (the pop thread's wake-up, the loop's). Two were
+#: measured once (0.62x -> 0.74x two bare loops, against one); with the moment after a worker's
+#: next task counted too, four (``benchmarks/compare.py``, pool 2, trivial boefje, eight rounds of
+#: 1,500 tasks: 0.75x -> 0.86x two bare loops, CPU per task 1.07x -> 0.98x the bare loop; two
+#: measured no better than before). The price: a popped task may wait for its moment up to about
+#: three round trips (milliseconds against the test API).
+AHEAD_ROUND_TRIPS = 4.0
 
 
 def pop_horizon(round_trip: float) -> float:
@@ -115,13 +115,29 @@ def pop_horizon(round_trip: float) -> float:
     return AHEAD_ROUND_TRIPS * round_trip
 
 
+def free_moments(end: float | None, following: float | None, *, next_waiting: bool, now: float) -> list[float | None]:
+    """The moments a busy worker will be free for a task popped now (None: unknown): the end of its
+    task (``end``, see :func:`expected_free_at`), unless a next task waits in its pipe already for
+    that one, and the moment after the task that follows (``following``: its usual time; of the
+    boefje of the next task, or, with none sent yet, of the current one).
+
+    Why two: a pop takes a round trip, and a boefje that takes less finishes its next task before
+    a pop started when it began that task is back (a 50 ms pop and 25 ms tasks: the worker waited
+    for half of every pop). Counting the moment after the next task, each worker finds a task
+    waiting at both. Never more than two per worker, and each only once it is within the horizon
+    (:func:`pops_wanted`): a slow boefje gets one task ahead, late, as before.
+    """
+    after = None if end is None or following is None else max(end, now) + following
+    return [after] if next_waiting else [end, after]
+
+
 def pops_wanted(*, idle: int, free_at: Iterable[float | None], now: float, horizon: float, held: int,
                 in_flight: int, prefetch: int = 0) -> int:
-    """How many workers to pop for now: each idle worker and each busy worker that will be free
-    within the ``horizon`` (:func:`pop_horizon`; ``free_at`` of each busy worker, None when
-    unknown), plus the prefetch, minus the tasks (groups) already held and the workers the pops in
-    flight are meant for. So no more than one task waits per worker that will be free about when
-    it arrives (no hoarding)."""
+    """How many tasks to pop for now: one per idle worker and one per moment a busy worker will be
+    free within the ``horizon`` (:func:`pop_horizon`; ``free_at``: the moments of :func:`free_moments`
+    of every busy worker), plus the prefetch, minus the tasks (groups) already held and the moments
+    the pops in flight are meant for. So a task waits only for a moment that comes within the
+    horizon, at most two per worker (no hoarding)."""
     soon = sum(1 for when in free_at if when is not None and when <= now + horizon)
     return idle + soon + prefetch - held - in_flight
 

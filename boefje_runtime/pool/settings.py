@@ -45,9 +45,11 @@ class PoolSettings:
     #: requests (2 + 1/(N+1) per task) for queues that are always full.
     prefetch: int = 0
     #: Pop for a worker before it is free: once its boefje has returned (while it posts the output),
-    #: or when its boefje usually ends within two pop round trips, so the round trip overlaps the end
-    #: of the task. At most one task waits per such worker, in the supervisor (any idle worker may
-    #: take it); the rule is ``pops_wanted`` (popthreads.py). False: pop only for idle workers.
+    #: or when its boefje usually ends within four pop round trips, so the round trip overlaps the end
+    #: of the task; also for the end of the task after that one, when that comes within them too (a
+    #: boefje shorter than a pop). At most two tasks wait per such worker, in its next-task pipe and
+    #: in the supervisor (any idle worker may take them); the rule is ``pops_wanted``
+    #: (popthreads.py). False: pop only for idle workers.
     pop_ahead: bool = True
     #: Stop (exit 0) once the queue has nothing for this worker.
     burst: bool = False
