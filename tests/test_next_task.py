@@ -113,11 +113,13 @@ def test_a_next_task_sent_to_a_worker_that_retires_runs_on_another(boefje_api, m
 def test_a_next_task_behind_an_overrunning_boefje_goes_to_the_worker_that_is_free_first(
     boefje_api, make_pool, tmp_path
 ):
-    # Given two workers that learned their boefje is quick, both now running it much longer (held),
-    # and a third task sent ahead into one of their pipes
+    # Given two workers that learned their boefje takes about a second, both now running it much
+    # longer (held), and a third task sent ahead into one of their pipes (a task is sent ahead only to
+    # a worker that should be free within the pop horizon: learned as a second, that holds for the
+    # second or two this takes, also under load)
     boefje_api.inject("pop", delay=LEARNING_POP, times=None)
     pool = make_pool(pool_size=2).start()
-    warm_up = [boefje_api.enqueue(quick_task(tmp_path, f"warm-{index}")[0]) for index in range(4)]
+    warm_up = [boefje_api.enqueue(hold_task(tmp_path, f"warm-{index}", max_wait=1.0)[0]) for index in range(4)]
     boefje_api.wait_for_status(warm_up, "completed", timeout=30)
     boefje_api.clear_faults()
     boefje_api.inject("pop", delay=TESTED_POP, times=None)

@@ -22,7 +22,7 @@ from boefje_runtime.pool.popthreads import (
 )
 from boefje_runtime.testing import make_task
 
-from .helpers import new_pool, ready_workers, task, wait_until
+from .helpers import hold_task, new_pool, ready_workers, task, wait_until
 
 IMAGE = "ghcr.io/minvws/openkat/test:latest"
 NO_RETRY = RetryPolicy(attempts=1, total_seconds=1.0, initial_wait=0.01, max_wait=0.01)
@@ -58,25 +58,23 @@ def test_the_horizon_is_four_round_trips_so_the_answer_comes_before_the_worker_i
 
 
 def test_a_busy_worker_is_free_at_the_end_of_its_task_and_at_the_end_of_the_one_after():
-    assert free_moments(0.03, 0.025, next_waiting=False, now=0.0) == pytest.approx([0.03, 0.055])
+    assert free_moments(0.03, 0.025, next_waiting=False) == pytest.approx([0.03, 0.055])
     # a next task waits in its pipe for the first moment already
-    assert free_moments(0.03, 0.025, next_waiting=True, now=0.0) == pytest.approx([0.055])
-    # past its usual end (still believable): the task after it counts from now
-    assert free_moments(-0.01, 0.025, next_waiting=False, now=0.0) == pytest.approx([-0.01, 0.025])
+    assert free_moments(0.03, 0.025, next_waiting=True) == pytest.approx([0.055])
     # an end or a duration not known: no moment
-    assert free_moments(None, 0.025, next_waiting=False, now=0.0) == [None, None]
-    assert free_moments(0.03, None, next_waiting=True, now=0.0) == [None]
+    assert free_moments(None, 0.025, next_waiting=False) == [None, None]
+    assert free_moments(0.03, None, next_waiting=True) == [None]
 
 
 def test_a_boefje_shorter_than_a_pop_gets_two_pops_per_worker_a_slow_one_one_late():
     # given 50 ms pops
     horizon = pop_horizon(0.05)
     # a 25 ms boefje that just began: a pop for its end and one for the end of the task after
-    short = free_moments(0.025, 0.025, next_waiting=False, now=0.0)
+    short = free_moments(0.025, 0.025, next_waiting=False)
     assert pops_wanted(idle=0, free_at=short, now=0.0, horizon=horizon, held=0, in_flight=0) == 2
     assert pops_wanted(idle=0, free_at=short, now=0.0, horizon=horizon, held=1, in_flight=1) == 0
     # a boefje of a second: nothing now, one pop once its end is within the horizon, never two
-    slow = free_moments(1.0, 1.0, next_waiting=False, now=0.0)
+    slow = free_moments(1.0, 1.0, next_waiting=False)
     assert pops_wanted(idle=0, free_at=slow, now=0.0, horizon=horizon, held=0, in_flight=0) == 0
     assert pops_wanted(idle=0, free_at=slow, now=0.9, horizon=horizon, held=0, in_flight=0) == 1
 
@@ -260,7 +258,16 @@ def test_a_worker_of_a_boefje_shorter_than_a_pop_has_two_pops_out_at_once_never_
     pops = ConcurrentPops(boefje_api)
     boefje_api.inject("pop", delay=0.3, times=None)
     ids = boefje_api.enqueue([task() for _ in range(12)])
-    pool = new_pool(boefje_api.url, pool_size=1).start()
+    pool = new_pool(boefje_api.url, pool_size=1)
+    # (what the pool asks for, counted before its pop threads, which are as many: 2 per worker)
+    request, asked = pool._poller.pops.request, []
+
+    def counting_request(limit: int, slots: int = 1) -> None:
+        request(limit, slots)
+        asked.append(pool._poller.pops.slots_in_flight)
+
+    pool._poller.pops.request = counting_request
+    pool.start()
     try:
         # when it works through them
         boefje_api.wait_for_status(ids, "completed", timeout=60)
@@ -270,3 +277,43 @@ def test_a_worker_of_a_boefje_shorter_than_a_pop_has_two_pops_out_at_once_never_
     # then, once it knew how long a pop and a task take, a pop was out for the end of its task and
     # one for the end of the task after (one pop at a time leaves it idle most of each pop), never more
     assert pops.most == 2
+    assert max(asked) == 2
+
+
+class NextTaskWatcher(PoolEvents):
+    """Notes, at every turn of the loop, whether the worker holding ``task_id`` has a next task."""
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        self.pool = None
+        self.seen_next = False
+
+    def loop_turned(self, now: float) -> None:
+        for worker in self.pool.workers if self.pool is not None else ():
+            assignment = worker.assignment
+            if assignment is not None and assignment.task.id == self.task_id and worker.holds_task:
+                self.seen_next = self.seen_next or worker.next is not None
+
+
+def test_a_task_popped_ahead_never_waits_behind_a_boefje_whose_length_is_not_known(boefje_api, tmp_path):
+    # given one worker running a boefje that runs until released (its length not known yet)
+    long_task, pid_file, release = hold_task(tmp_path, "long")
+    [long_id] = boefje_api.enqueue([long_task])
+    watcher = NextTaskWatcher(long_id)
+    pool = new_pool(boefje_api.url, pool_size=2, listeners=[watcher])
+    watcher.pool = pool
+    pool.start()
+    try:
+        wait_until(pid_file.exists, 20, "the long boefje running")
+
+        # when quick tasks come for the other worker, which takes them one after another
+        quick = boefje_api.enqueue([task() for _ in range(40)])
+        boefje_api.wait_for_status(quick, "completed", timeout=60)
+
+        # then none of them was sent into the long one's pipe, to wait there until it ends
+        assert not watcher.seen_next
+        release.touch()
+        boefje_api.wait_for_status([long_id], "completed", timeout=30)
+    finally:
+        release.touch()
+        pool.stop(immediate=True, timeout=20)

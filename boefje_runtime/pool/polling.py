@@ -108,15 +108,46 @@ class Poller:
             return []
         times: list[float | None] = []
         for worker in workers:
-            assignment = worker.assignment
-            if not worker.free_soon and not (worker.holds_task and assignment is not None):
+            if not worker.free_soon and not (worker.holds_task and worker.assignment is not None):
                 continue
-            usual = self.durations.expected(assignment.task.data.boefje.id) if assignment is not None else None
-            end = now if worker.free_soon else expected_free_at(assignment.started, usual, now, self.round_trip)
+            end = self._end(worker, now)
             if worker.next is not None:
-                usual = self.durations.expected(worker.next.task.data.boefje.id)
-            times += free_moments(end, usual, next_waiting=worker.next is not None, now=now)
+                following = self.durations.expected(worker.next.task.data.boefje.id)
+            else:
+                following = self._usual(worker)
+            times += free_moments(end, following, next_waiting=worker.next is not None)
         return times
+
+    def next_takers(self, workers: Iterable[WorkerHandle], now: float) -> list[WorkerHandle]:
+        """The busy workers a held task may be sent to as their next one, the one free first first:
+        those whose task should end within the horizon. Why: a task popped for one worker's moment
+        must not wait in the pipe of a worker whose boefje runs far longer, or for a time not known
+        yet, while the worker it was popped for takes one task after another and is never idle (an
+        idle worker would read it back: ``WorkerPool._take_back_for_idle``)."""
+        if not self.settings.pop_ahead:
+            return []
+        horizon = now + pop_horizon(self.round_trip)
+        ends = []
+        for index, worker in enumerate(workers):
+            if worker.takes_next():
+                end = self._end(worker, now)
+                if end is not None and end <= horizon:
+                    ends.append((end, index, worker))
+        return [worker for _, _, worker in sorted(ends, key=lambda item: item[:2])]
+
+    def _usual(self, worker: WorkerHandle) -> float | None:
+        """How long the boefje of the worker's task usually keeps a worker busy (None: not known)."""
+        assignment = worker.assignment
+        return None if assignment is None else self.durations.expected(assignment.task.data.boefje.id)
+
+    def _end(self, worker: WorkerHandle, now: float) -> float | None:
+        """When the worker's task should end, a fixed time (None: not known, or no longer believable).
+        One only delivering its output: when it began that (its task ends about now)."""
+        if worker.free_soon:
+            return worker.since
+        if not worker.holds_task or worker.assignment is None:
+            return None
+        return expected_free_at(worker.assignment.started, self._usual(worker), now, self.round_trip)
 
     def demand(self, workers: Iterable[WorkerHandle], held: Sized, now: float = 0.0,
                free_at: list[float | None] | None = None) -> int:

@@ -4,7 +4,7 @@ Why: a pop through OpenKAT's Boefje API hydrates the task from the KATalogus and
 database, tens of milliseconds, while many boefjes finish in tens of milliseconds too. A loop that
 pops in turn leaves its workers idle for every pop; with the pop started before a worker is free
 (see :func:`pops_wanted`), the worker finds its next task waiting. Several pops may be in flight at
-once (two per worker at most), so a slow scheduler does not serialise a large pool.
+once (two per worker at most, plus the prefetch), so a slow scheduler does not serialise a large pool.
 
 What stays with the loop: which tasks it holds, who gets which (the supervisor knows who holds
 which task), and how many pops to start. A thread only pops and hands the raw answer back through
@@ -61,8 +61,8 @@ class RunningAverage:
 
 class TaskDurations:
     """How long a worker is busy with a task of each boefje (from dispatch until the worker is
-    done with it), so the supervisor can tell which busy workers will be free within one pop round
-    trip. :meth:`watch` learns it by looking at who holds which task at each step."""
+    done with it), so the supervisor can tell when busy workers will be free (:func:`free_moments`).
+    :meth:`watch` learns it by looking at who holds which task at each step."""
 
     def __init__(self) -> None:
         self._by_boefje: dict[str, RunningAverage] = {}
@@ -115,11 +115,13 @@ def pop_horizon(round_trip: float) -> float:
     return AHEAD_ROUND_TRIPS * round_trip
 
 
-def free_moments(end: float | None, following: float | None, *, next_waiting: bool, now: float) -> list[float | None]:
+def free_moments(end: float | None, following: float | None, *, next_waiting: bool) -> list[float | None]:
     """The moments a busy worker will be free for a task popped now (None: unknown): the end of its
     task (``end``, see :func:`expected_free_at`), unless a next task waits in its pipe already for
     that one, and the moment after the task that follows (``following``: its usual time; of the
-    boefje of the next task, or, with none sent yet, of the current one).
+    boefje of the next task, or, with none sent yet, of the current one). Both are fixed times, not
+    counted from now: the loop sleeps until the first one comes within the horizon
+    (:func:`next_soon`), and a moment that moved with the clock would wake it again and again.
 
     Why two: a pop takes a round trip, and a boefje that takes less finishes its next task before
     a pop started when it began that task is back (a 50 ms pop and 25 ms tasks: the worker waited
@@ -127,7 +129,7 @@ def free_moments(end: float | None, following: float | None, *, next_waiting: bo
     waiting at both. Never more than two per worker, and each only once it is within the horizon
     (:func:`pops_wanted`): a slow boefje gets one task ahead, late, as before.
     """
-    after = None if end is None or following is None else max(end, now) + following
+    after = None if end is None or following is None else end + following
     return [after] if next_waiting else [end, after]
 
 

@@ -132,10 +132,10 @@ class WorkerHandle:
         """May be sent its next task now: it works on a task (not at the drain's deadline) and has no
         next one yet. Why: the worker then finds the task waiting the moment it is done, instead of
         waiting for the supervisor to wake, read its report and answer (a worker of a trivial boefje
-        waited about 1.3 ms of its 7 ms per task for that). The supervisor pops ahead only for a
-        worker that should be free within four pop round trips, and takes a sent task back as soon as
-        another worker is idle (supervisor.py, ``_dispatch``), so no task waits behind a boefje that
-        runs longer than it usually does while a worker is free."""
+        waited about 1.3 ms of its 7 ms per task for that). The supervisor sends one only to a
+        worker that should be free within four pop round trips (``Poller.next_takers``), and takes a
+        sent task back as soon as another worker is idle (supervisor.py, ``_dispatch``), so no task
+        waits behind a boefje that runs longer than it usually does while a worker is free."""
         return (self._next_pipe is not None and self.next is None
                 and self.state in (WorkerState.ASSIGNED, WorkerState.BUSY, WorkerState.DELIVERING))
 

@@ -380,16 +380,16 @@ class WorkerPool:
         self._held.extend(answer.groups)
 
     def _dispatch(self, now: float) -> None:
-        """Hand held tasks to idle workers first, then, as their next task, to busy workers
-        (``WorkerHandle.takes_next``; not with pop-ahead off). A next task waits in a busy worker's
-        pipe only while no worker is idle: one that is gets it instead (:meth:`_take_back_for_idle`)."""
+        """Hand held tasks to idle workers first, then, as their next task, to busy workers whose task
+        should end within the pop horizon, the one free first first (``Poller.next_takers``; not with
+        pop-ahead off). A next task waits in a busy worker's pipe only while no worker is idle: one
+        that is gets it instead (:meth:`_take_back_for_idle`)."""
         if self.settings.pop_ahead:
             self._take_back_for_idle(now)
         if not self._held:
             return
         takers = [worker for worker in self.workers if worker.takes_task]
-        if self.settings.pop_ahead:
-            takers += [worker for worker in self.workers if worker.takes_next()]
+        takers += self._poller.next_takers(self.workers, now)
         while self._held and takers:
             worker, group = takers.pop(0), self._held.popleft()
             assignment = Assignment(group[0], group[1:], now)
