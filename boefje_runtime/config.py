@@ -405,8 +405,7 @@ SETTINGS: tuple[Setting, ...] = (
         "pop_ahead", "POP_AHEAD", ("--pop-ahead",), parse_bool, True,
         "Pop a worker's next task before it is free: while it posts its output, or when its boefje "
         "usually ends within four pop round trips; with boefjes shorter than a few pop round trips, also "
-        "the task after "
-        "(two tasks wait per such worker at most).",
+        "the task after (two tasks wait per such worker at most).",
         boolean=True,
         mode=Mode.WORKER,
     ),

@@ -102,8 +102,8 @@ class Poller:
     def free_at(self, workers: Iterable[WorkerHandle], now: float) -> list[float | None]:
         """The moments the workers holding a task will be free for a task popped now (None: unknown;
         :func:`free_moments`, two per worker at most). One that is only delivering its output is free
-        now; a next task sent to a worker already takes the moment its current one ends; with
-        pop-ahead off, none is counted before it is idle."""
+        since it began that (:meth:`_end`); a next task sent to a worker already takes the moment its
+        current one ends; with pop-ahead off, none is counted before it is idle."""
         if not self.settings.pop_ahead:
             return []
         times: list[float | None] = []

@@ -103,9 +103,10 @@ def expected_free_at(started: float, expected: float | None, now: float, round_t
 #: guesses (under load a round trip and a boefje's time each vary by about as much as they last) and
 #: the hand-overs the round trip leaves out (the pop thread's wake-up, the loop's). Two were
 #: measured once (0.62x -> 0.74x two bare loops, against one); with the moment after a worker's
-#: next task counted too, four (``benchmarks/compare.py``, pool 2, trivial boefje, eight rounds of
-#: 1,500 tasks: 0.75x -> 0.86x two bare loops, CPU per task 1.07x -> 0.98x the bare loop; two
-#: measured no better than before). The price: a popped task may wait for its moment up to about
+#: next task counted too, two rarely brought that moment within the horizon (no better than one
+#: moment, paired), four did (``benchmarks/compare.py``, pool 2, trivial boefje, two runs of six
+#: rounds: 0.91x -> 0.92x and 0.83x -> 0.93x two bare loops, better in 5 of 6 rounds each; CPU per
+#: task unchanged within the noise). The price: a popped task may wait for its moment up to about
 #: three round trips (milliseconds against the test API).
 AHEAD_ROUND_TRIPS = 4.0
 
