@@ -108,7 +108,7 @@ class Poller:
             return []
         times: list[float | None] = []
         for worker in workers:
-            if not worker.free_soon and not (worker.holds_task and worker.assignment is not None):
+            if not worker.free_soon and not worker.holds_task:
                 continue
             end = self._end(worker, now)
             if worker.next is not None:
@@ -127,13 +127,9 @@ class Poller:
         if not self.settings.pop_ahead:
             return []
         horizon = now + pop_horizon(self.round_trip)
-        ends = []
-        for index, worker in enumerate(workers):
-            if worker.takes_next():
-                end = self._end(worker, now)
-                if end is not None and end <= horizon:
-                    ends.append((end, index, worker))
-        return [worker for _, _, worker in sorted(ends, key=lambda item: item[:2])]
+        ends = [(self._end(worker, now), worker) for worker in workers if worker.takes_next()]
+        soon = [(end, worker) for end, worker in ends if end is not None and end <= horizon]
+        return [worker for _, worker in sorted(soon, key=lambda item: item[0])]  # (stable: ties in pool order)
 
     def _usual(self, worker: WorkerHandle) -> float | None:
         """How long the boefje of the worker's task usually keeps a worker busy (None: not known)."""
