@@ -26,7 +26,9 @@ from pathlib import Path
 
 def run(boefje_meta):
     arguments = boefje_meta["arguments"]
-    Path(arguments["pid_file"]).write_text(str(os.getpid()))
+    # written whole, then renamed: a test that sees the file must never read it empty (CI did, under load)
+    Path(arguments["pid_file"] + ".tmp").write_text(str(os.getpid()))
+    os.rename(arguments["pid_file"] + ".tmp", arguments["pid_file"])
     release = Path(arguments["release_file"])
     deadline = time.monotonic() + 30
     while not release.exists() and time.monotonic() < deadline:
