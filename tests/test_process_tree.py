@@ -6,6 +6,7 @@ group leader), which writes the pids it started to a JSON file the test reads.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -67,36 +68,40 @@ time.sleep(60)
 """
 
 #: A root (a subreaper that auto-reaps) whose child keeps hopping: it forks and exits as fast
-#: as it can, so the process to catch has a new pid every fraction of a millisecond.
+#: as it can, so the process to catch has a new pid every fraction of a millisecond. The hopper
+#: leads a process group of its own, which every hop stays in: the root does not lead it (so
+#: kill_tree has to catch the hopper by its walk, not by a group kill), and the test can signal
+#: it whole. A hopper that escaped once ran on for an hour: a /proc scan misses a process that
+#: changes its pid while the scan reads, a group signal does not.
 HOPPING_ROOT = """
-import json, os, signal, sys, time
+import contextlib, json, os, signal, sys, time
 from boefje_runtime import process_tree
 process_tree.become_subreaper()
 signal.signal(signal.SIGCHLD, signal.SIG_IGN)
 pid_file = sys.argv[1]
-if os.fork() == 0:
+hopper = os.fork()
+if hopper == 0:
+    os.setpgid(0, 0)
     while True:
         if os.fork():
             os._exit(0)
+with contextlib.suppress(OSError):  # both sides set the group: it is set before the file is written
+    os.setpgid(hopper, hopper)
 with open(pid_file + ".tmp", "w") as out:
-    json.dump({"root": os.getpid()}, out)
+    json.dump({"root": os.getpid(), "hopper_group": hopper}, out)
 os.rename(pid_file + ".tmp", pid_file)
 time.sleep(60)
 """
 
 
-def running_with(marker: str) -> list[int]:
-    """Pids of live processes whose command line holds ``marker``."""
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/cmdline", "rb") as cmdline:
-                    if marker.encode() in cmdline.read() and alive(int(name)):
-                        found.append(int(name))
-            except OSError:
-                continue
-    return found
+def group_alive(group: int) -> bool:
+    """Whether any process (a zombie included) is in process group ``group``: one signal 0 to the
+    group, which the kernel checks at once, where a scan of /proc misses a process that hops."""
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def start(tmp_path: Path, code: str) -> tuple[subprocess.Popen, dict]:
@@ -142,10 +147,11 @@ def test_kill_tree_leaves_nothing_of_a_tree_that_keeps_forking(tmp_path, strays)
 
 def test_kill_tree_catches_a_process_that_keeps_changing_its_pid(tmp_path):
     # Given a tree whose member forks and exits in a loop (each walk sees a new pid)
-    root, _ = start(tmp_path, HOPPING_ROOT)
-    marker = str(tmp_path / "pids.json")
+    root, pids = start(tmp_path, HOPPING_ROOT)
+    hopper_group = pids["hopper_group"]
     try:
-        wait_until(lambda: len(running_with(marker)) >= 2, what="the hopper to run")
+        wait_until(lambda: group_alive(hopper_group) and process_tree.descendants(root.pid),
+                   what="the hopper to run")
 
         # When the tree is killed
         killed = process_tree.kill_tree(root.pid)
@@ -156,10 +162,11 @@ def test_kill_tree_catches_a_process_that_keeps_changing_its_pid(tmp_path):
         # walks a few hundred microseconds apart) collects hundreds
         assert len(killed) <= 50, f"chased {len(killed)} pids"
         root.wait(5)
-        wait_until(lambda: not running_with(marker), timeout=5, what="every process of the tree to be gone")
+        wait_until(lambda: not group_alive(hopper_group), timeout=10,
+                   what="every process of the hopper's group to be gone (zombies reaped by init)")
     finally:
-        for pid in running_with(marker):
-            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(hopper_group, signal.SIGKILL)
 
 
 def test_kill_tree_kills_the_roots_process_group_when_it_leads_one(tmp_path, strays):
