@@ -98,8 +98,10 @@ def test_a_delivering_worker_is_sent_its_next_task_and_runs_it_once_done(boefje_
 @pytest.mark.parametrize("task_limit", [None, 4], ids=["no-limit", "limit-reached-with-it"])
 def test_a_next_task_sent_to_a_worker_that_retires_runs_on_another(boefje_api, make_pool, tmp_path, task_limit):
     # Given a worker that leaves after each task, sent its next task while it delivers (and, with a
-    # task limit of 4, that task is the last one the pool may pop: the pool must not end before it ran)
-    pool = learned_pool(boefje_api, make_pool, tmp_path, max_tasks_per_child=1, max_tasks=task_limit)
+    # task limit of 4, that task is the last one the pool may pop: the pool must not end before it ran).
+    # It leaves on a memory limit (1 MiB: passed after every task), which the supervisor cannot
+    # foresee; a task limit it can, and it sends no next task then (test_popthreads.py)
+    pool = learned_pool(boefje_api, make_pool, tmp_path, max_memory_per_child=1.0, max_tasks=task_limit)
     first_id, second_id, first_pid, second_pid, gate = next_sent_while_delivering(boefje_api, pool, tmp_path)
 
     # When it finishes its task and retires without reading the next one

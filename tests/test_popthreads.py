@@ -280,10 +280,50 @@ def test_a_worker_of_a_boefje_shorter_than_a_pop_has_two_pops_out_at_once_never_
     assert max(asked) == 2
 
 
-class NextTaskWatcher(PoolEvents):
-    """Notes, at every turn of the loop, whether the worker holding ``task_id`` has a next task."""
+def test_a_worker_on_its_last_task_has_one_pop_out_for_its_replacement_never_two(boefje_api):
+    # given a scheduler whose pops take 0.3 s, a boefje that returns at once, and one worker that
+    # is replaced after every task (MAX_TASKS_PER_CHILD=1)
+    pops = ConcurrentPops(boefje_api)
+    boefje_api.inject("pop", delay=0.3, times=None)
+    ids = boefje_api.enqueue([task() for _ in range(8)])
+    pool = new_pool(boefje_api.url, pool_size=1, max_tasks_per_child=1)
+    pool.start()
+    try:
+        # when it works through them
+        boefje_api.wait_for_status(ids, "completed", timeout=60)
+    finally:
+        pool.stop(immediate=True, timeout=20)
 
-    def __init__(self, task_id: str) -> None:
+    # then one pop was out at a time, for the replacement: the worker is not free again after its
+    # task, so there is no moment after that one to pop for (a worker that stays has two pops out)
+    assert pops.most == 1
+
+
+def test_a_worker_on_its_last_task_is_sent_no_next_task(boefje_api, tmp_path):
+    # given a scheduler whose pops take 0.1 s, a boefje that takes 0.3 s (a pop for the end of a
+    # task comes back while it runs), and one worker replaced after every task
+    boefje_api.inject("pop", delay=0.1, times=None)
+    ids = boefje_api.enqueue([hold_task(tmp_path, f"t{i}", max_wait=0.3)[0] for i in range(6)])
+    watcher = NextTaskWatcher(None)
+    pool = new_pool(boefje_api.url, pool_size=1, max_tasks_per_child=1, listeners=[watcher])
+    watcher.pool = pool
+    pool.start()
+    try:
+        # when it works through them
+        boefje_api.wait_for_status(ids, "completed", timeout=60)
+    finally:
+        pool.stop(immediate=True, timeout=20)
+
+    # then no task was sent into the pipe of a worker that leaves after its task (it would only
+    # be read back): each waited with the supervisor for the replacement
+    assert not watcher.seen_next
+
+
+class NextTaskWatcher(PoolEvents):
+    """Notes, at every turn of the loop, whether the worker holding ``task_id`` (None: any worker)
+    has a next task."""
+
+    def __init__(self, task_id: str | None) -> None:
         self.task_id = task_id
         self.pool = None
         self.seen_next = False
@@ -291,7 +331,8 @@ class NextTaskWatcher(PoolEvents):
     def loop_turned(self, now: float) -> None:
         for worker in self.pool.workers if self.pool is not None else ():
             assignment = worker.assignment
-            if assignment is not None and assignment.task.id == self.task_id and worker.holds_task:
+            if (assignment is not None and self.task_id in (None, assignment.task.id)
+                    and worker.holds_task):
                 self.seen_next = self.seen_next or worker.next is not None
 
 

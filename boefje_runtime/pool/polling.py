@@ -103,7 +103,8 @@ class Poller:
         """The moments the workers holding a task will be free for a task popped now (None: unknown;
         :func:`free_moments`, two per worker at most). One that is only delivering its output is free
         since it began that (:meth:`_end`); a next task sent to a worker already takes the moment its
-        current one ends; with pop-ahead off, none is counted before it is idle."""
+        current one ends; one that retires after its task counts that moment alone (its replacement's,
+        :meth:`_retires_after`); with pop-ahead off, none is counted before it is idle."""
         if not self.settings.pop_ahead:
             return []
         times: list[float | None] = []
@@ -111,6 +112,9 @@ class Poller:
             if not worker.free_soon and not worker.holds_task:
                 continue
             end = self._end(worker, now)
+            if self._retires_after(worker):  # its replacement takes a task about when it ends
+                times.append(end)
+                continue
             if worker.next is not None:
                 following = self.durations.expected(worker.next.task.data.boefje.id)
             else:
@@ -127,9 +131,17 @@ class Poller:
         if not self.settings.pop_ahead:
             return []
         horizon = now + pop_horizon(self.round_trip)
-        ends = [(self._end(worker, now), worker) for worker in workers if worker.takes_next()]
+        ends = [(self._end(worker, now), worker) for worker in workers
+                if worker.takes_next() and not self._retires_after(worker)]
         soon = [(end, worker) for end, worker in ends if end is not None and end <= horizon]
         return [worker for _, worker in sorted(soon, key=lambda item: item[0])]  # (stable: ties in pool order)
+
+    def _retires_after(self, worker: WorkerHandle) -> bool:
+        """The task it holds is its last (``max_tasks_per_child``; a memory limit cannot be foreseen):
+        it will not be free again, its replacement will. So it counts one moment, not two, and is
+        sent no next task (which would only be read back once it says it leaves)."""
+        limit = self.settings.max_tasks_per_child
+        return bool(limit) and worker.tasks_given >= limit
 
     def _usual(self, worker: WorkerHandle) -> float | None:
         """How long the boefje of the worker's task usually keeps a worker busy (None: not known)."""
