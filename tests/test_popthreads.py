@@ -253,6 +253,15 @@ class ConcurrentPops:
         api._arrival, api._dispatch = counting_arrival, counting_dispatch
 
 
+def work_through(boefje_api, pool, ids: list[str]) -> None:
+    """Start ``pool`` and stop it once every task of ``ids`` completed (within a minute)."""
+    pool.start()
+    try:
+        boefje_api.wait_for_status(ids, "completed", timeout=60)
+    finally:
+        pool.stop(immediate=True, timeout=20)
+
+
 def test_a_worker_of_a_boefje_shorter_than_a_pop_has_two_pops_out_at_once_never_three(boefje_api):
     # given a scheduler whose pops take 0.3 s, a boefje that returns at once, and one worker
     pops = ConcurrentPops(boefje_api)
@@ -267,12 +276,8 @@ def test_a_worker_of_a_boefje_shorter_than_a_pop_has_two_pops_out_at_once_never_
         asked.append(pool._poller.pops.slots_in_flight)
 
     pool._poller.pops.request = counting_request
-    pool.start()
-    try:
-        # when it works through them
-        boefje_api.wait_for_status(ids, "completed", timeout=60)
-    finally:
-        pool.stop(immediate=True, timeout=20)
+    # when it works through them
+    work_through(boefje_api, pool, ids)
 
     # then, once it knew how long a pop and a task take, a pop was out for the end of its task and
     # one for the end of the task after (one pop at a time leaves it idle most of each pop), never more
@@ -287,12 +292,8 @@ def test_a_worker_on_its_last_task_has_one_pop_out_for_its_replacement_never_two
     boefje_api.inject("pop", delay=0.3, times=None)
     ids = boefje_api.enqueue([task() for _ in range(8)])
     pool = new_pool(boefje_api.url, pool_size=1, max_tasks_per_child=1)
-    pool.start()
-    try:
-        # when it works through them
-        boefje_api.wait_for_status(ids, "completed", timeout=60)
-    finally:
-        pool.stop(immediate=True, timeout=20)
+    # when it works through them
+    work_through(boefje_api, pool, ids)
 
     # then one pop was out at a time, for the replacement: the worker is not free again after its
     # task, so there is no moment after that one to pop for (a worker that stays has two pops out)
@@ -307,12 +308,8 @@ def test_a_worker_on_its_last_task_is_sent_no_next_task(boefje_api, tmp_path):
     watcher = NextTaskWatcher(None)
     pool = new_pool(boefje_api.url, pool_size=1, max_tasks_per_child=1, listeners=[watcher])
     watcher.pool = pool
-    pool.start()
-    try:
-        # when it works through them
-        boefje_api.wait_for_status(ids, "completed", timeout=60)
-    finally:
-        pool.stop(immediate=True, timeout=20)
+    # when it works through them
+    work_through(boefje_api, pool, ids)
 
     # then no task was sent into the pipe of a worker that leaves after its task (it would only
     # be read back): each waited with the supervisor for the replacement
