@@ -43,8 +43,7 @@ def test_the_ci_script_runs_the_readme_test_command(tmp_path):
     reaches make (a loop, a function, a ``timeout`` wrapper), a comment or an echo does not count."""
     program, *arguments = shlex.split(next(command for command in readme_commands() if "test" in command))
     assert program == "make"
-    (tmp_path / ".ci").mkdir()
-    shutil.copy(ROOT / ".ci" / "run", tmp_path / ".ci" / "run")
+    shutil.copytree(ROOT / ".ci", tmp_path / ".ci")
     fake_bin, calls = tmp_path / "bin", tmp_path / "make-calls"
     fake_bin.mkdir()
     (fake_bin / "make").write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> "{calls}"\n')
