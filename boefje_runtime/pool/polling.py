@@ -131,10 +131,13 @@ class Poller:
         if not self.settings.pop_ahead:
             return []
         horizon = now + pop_horizon(self.round_trip)
-        ends = [(self._end(worker, now), worker) for worker in workers
-                if worker.takes_next() and not self._retires_after(worker)]
+        ends = [(self._end(worker, now), worker) for worker in workers if self.takes_next(worker)]
         soon = [(end, worker) for end, worker in ends if end is not None and end <= horizon]
         return [worker for _, worker in sorted(soon, key=lambda item: item[0])]  # (stable: ties in pool order)
+
+    def takes_next(self, worker: WorkerHandle) -> bool:
+        """May be sent a next task at all (``WorkerHandle.takes_next``), and will stay for it."""
+        return worker.takes_next() and not self._retires_after(worker)
 
     def _retires_after(self, worker: WorkerHandle) -> bool:
         """The task it holds is its last (``max_tasks_per_child``; a memory limit cannot be foreseen):

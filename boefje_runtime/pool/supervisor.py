@@ -498,7 +498,7 @@ class WorkerPool:
         """Sleep until a worker reports or exits, a signal arrives, or ``timeout`` passes.
 
         A pop's answer wakes the loop only when a worker could take a task now, or as its next
-        (``WorkerHandle.takes_next``: a busy one without a next task, so with busy workers most
+        (``Poller.takes_next``: a busy one without a next task, so with busy workers most
         answers wake it). While none can (no idle worker, every busy one with its next task), the
         answer waits for a worker's "done", whose step collects it and hands it out (a wake-up is
         about 6 % of the supervisor's CPU per task; sending the next task ahead saves more than the
@@ -508,7 +508,7 @@ class WorkerPool:
         pops = self._poller.pops
         ahead = self.settings.pop_ahead
         pops.wake_on_answer = self._phase is not Phase.RUNNING or any(
-            worker.takes_task or (ahead and worker.takes_next()) for worker in self.workers)
+            worker.takes_task or (ahead and self._poller.takes_next(worker)) for worker in self.workers)
         if pops.wake_on_answer and pops.answered:
             return  # it came after the step collected (the pop thread read the flag before we set it)
         self._ready = self._selector.select(timeout)
