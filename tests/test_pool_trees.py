@@ -212,9 +212,10 @@ def test_the_supervisor_as_pid_1_leaves_no_zombie(boefje_api, plugin_dir, tmp_pa
 
     def leftovers() -> list[tuple[int, str]]:
         ours = {pid_1, *process_tree.children(pid_1)}  # the supervisor and its fork server
-        return [(pid, process_tree.proc_stat(pid).state) for pid in process_tree.descendants(pid_1)
-                if (process_tree.proc_stat(pid) is not None and process_tree.proc_stat(pid).ppid not in ours)
-                or (process_tree.proc_stat(pid) is not None and process_tree.proc_stat(pid).state in "ZX")]
+        # each process's stat read once: one that ends between two reads must not fail the look (it did)
+        stats = [(pid, process_tree.proc_stat(pid)) for pid in process_tree.descendants(pid_1)]
+        return [(pid, stat.state) for pid, stat in stats
+                if stat is not None and (stat.ppid not in ours or stat.state in "ZX")]
 
     wait_until(lambda: not leftovers(), timeout=15, what="no stray and no zombie in the namespace")
     [fork_server] = process_tree.children(pid_1)
