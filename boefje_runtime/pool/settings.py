@@ -47,9 +47,10 @@ class PoolSettings:
     #: Pop for a worker before it is free: once its boefje has returned (while it posts the output),
     #: or when its boefje usually ends within four pop round trips, so the round trip overlaps the end
     #: of the task; also for the end of the task after that one, when that comes within them too (a
-    #: boefje shorter than a few pop round trips). At most two tasks wait per such worker, in its next-task pipe and
-    #: in the supervisor (any idle worker may take them); the rule is ``pops_wanted``
-    #: (popthreads.py). False: pop only for idle workers.
+    #: boefje shorter than a few pop round trips). At most two tasks wait per such worker, in its
+    #: next-task pipe and in the supervisor (any idle worker may take them), one for a worker whose
+    #: task is its last (``MAX_TASKS_PER_CHILD``); the rule is ``pops_wanted`` (popthreads.py).
+    #: False: pop only for idle workers.
     pop_ahead: bool = True
     #: Stop (exit 0) once the queue has nothing for this worker.
     burst: bool = False
