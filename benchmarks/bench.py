@@ -312,12 +312,15 @@ def measure_throughput(bench: Bench) -> None:
     plan = bench.plan
     specs = throughput_specs(plan)
     runs: dict[str, list[dict[str, Any]]] = {spec.key: [] for spec in specs}
+    probes = []
     for repetition in range(max(plan.repeat, plan.target_repeat)):
         order = [spec for spec in specs if repetition < plan.repeat or spec.key in TARGET_SPECS]
         random.Random(repetition).shuffle(order)
+        probes.append(speed_probe_ms())
         for spec in order:
             runs[spec.key].append(run_spec(bench, spec, plan.tasks))
     bench.details["throughput"] = runs
+    bench.details["throughput_speed_probes_ms"] = probes
 
     def series(key: str, name: str) -> list[float]:
         return [run[name] for run in runs[key]]
@@ -365,11 +368,26 @@ def measure_throughput(bench: Bench) -> None:
     if {2, 4} <= set(plan.pool_sizes):
         bench.add("tput_ratio.pool4_pool2", "throughput pool-4 / pool-2 (more workers than cores)",
                   paired("pool-4", "pool-2", "tasks_per_s"), "x", at_least=1.0)
+    pairs = zip(paired("pool-2", "bare-x2", "tasks_per_s"), probes, strict=False)
+    bench.notes.append("pool-2 / 2 bare loops in each repetition, with the speed probe just before it (a fixed "
+                       "pure-Python loop; more ms: a slower machine): "
+                       + ", ".join(f"{ratio:.2f}x ({probe:.0f} ms)" for ratio, probe in pairs))
     _server_figures(bench, runs)
     lost = sum(run["tasks"] - run["completed"] for key_runs in runs.values() for run in key_runs)
     bad_exits = sum(code != 0 for key_runs in runs.values() for run in key_runs for code in run["exit_codes"])
     bench.add("throughput.lost", "tasks not completed + bad exit codes, all throughput runs", lost + bad_exits,
               at_most=0)
+
+
+def speed_probe_ms() -> float:
+    """Milliseconds a fixed pure-Python loop takes now: the shared machine's speed at this moment.
+
+    Why: the same loop took 197 to 363 ms within a minute in session 10 (two shared cores), and the
+    pool's ratio to the bare loops moved with it (about 1.0x while fast, 0.6-0.8x while slow), so each
+    repetition's ratio is printed beside it: a reader can tell the code from the machine."""
+    started = time.perf_counter()
+    sum(range(2_000_000))
+    return 1000 * (time.perf_counter() - started)
 
 
 def _request_figures(bench: Bench, runs: dict[str, list[dict[str, Any]]], n: int) -> None:
