@@ -66,7 +66,7 @@ class Plan:
     #: Repetitions of the throughput runs whose ratios are targets (:data:`TARGET_SPECS`). Why more:
     #: on this shared machine a pair's ratio moves by 20 % and more between repetitions, so three
     #: pairs decided a target by luck (pool-2 / two bare loops, the same code: 1.05x, 0.90x, 0.84x in
-    #: three runs of session 9).
+    #: three runs, 2026-11-30).
     target_repeat: int = 9
     pool_sizes: tuple[int, ...] = (1, 2, 4, 8)
     memory_checkpoints: tuple[int, ...] = (1000, 10_000)
@@ -215,12 +215,13 @@ def throughput_specs(plan: Plan) -> list[Spec]:
     ]
 
 
-def run_spec(bench: Bench, spec: Spec, tasks: int) -> dict[str, Any]:
+def run_spec(bench: Bench, spec: Spec, tasks: int, repetition: int = 0) -> dict[str, Any]:
     """Enqueue ``tasks``, start the processes, wait until they drained the queue and exited.
 
     Wall time runs from before the fork to after the last exit (nothing subtracted). CPU is the
     ``RUSAGE_CHILDREN`` delta around it: a pool's supervisor reaps its workers, so their CPU is
-    included. The server's CPU is read from its own process.
+    included. The server's CPU is read from its own process. The run records its ``repetition``
+    (ratios pair runs of the same one) and the speed probe taken just before it.
     """
     server = bench.server
     server.call("reset", spec.pop_mode)
@@ -229,6 +230,7 @@ def run_spec(bench: Bench, spec: Spec, tasks: int) -> dict[str, Any]:
     server.call("enqueue", tasks, False, spec.group_size)
     split_path = bench.workdir / "cpu-split.json"
     split_path.unlink(missing_ok=True)
+    probe_ms = speed_probe_ms()
     server_cpu = server.call("cpu")
     machine_before = h.cpu_busy()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -264,7 +266,8 @@ def run_spec(bench: Bench, spec: Spec, tasks: int) -> dict[str, Any]:
     split = json.loads(split_path.read_text()) if split_path.exists() else {}
     machine_total = machine_after[1] - machine_before[1]
     return {
-        "spec": spec.key, "tasks": tasks, "exit_codes": codes, "wall_s": wall, "tasks_per_s": tasks / wall,
+        "spec": spec.key, "repetition": repetition, "probe_ms": probe_ms,
+        "tasks": tasks, "exit_codes": codes, "wall_s": wall, "tasks_per_s": tasks / wall,
         "active_s": (max(outputs) - min(patches)) if patches and outputs else None,
         "cpu_ms_per_task": 1000 * cpu / tasks, "server_cpu_ms_per_task": 1000 * server_cpu / tasks,
         "server_busy": server_cpu / wall, "requests": counts, "empty_pops": empty_pops,
@@ -312,22 +315,16 @@ def measure_throughput(bench: Bench) -> None:
     plan = bench.plan
     specs = throughput_specs(plan)
     runs: dict[str, list[dict[str, Any]]] = {spec.key: [] for spec in specs}
-    probes = []
-    for repetition in range(max(plan.repeat, plan.target_repeat)):
-        order = [spec for spec in specs if repetition < plan.repeat or spec.key in TARGET_SPECS]
-        random.Random(repetition).shuffle(order)
-        probes.append(speed_probe_ms())
+    for repetition, order in enumerate(schedule(plan, specs)):
         for spec in order:
-            runs[spec.key].append(run_spec(bench, spec, plan.tasks))
+            runs[spec.key].append(run_spec(bench, spec, plan.tasks, repetition))
     bench.details["throughput"] = runs
-    bench.details["throughput_speed_probes_ms"] = probes
 
     def series(key: str, name: str) -> list[float]:
         return [run[name] for run in runs[key]]
 
     def paired(numerator: str, denominator: str, name: str) -> list[float]:
-        # each pair from one repetition: a spec run fewer times pairs with the first repetitions
-        return [a[name] / b[name] for a, b in zip(runs[numerator], runs[denominator], strict=False)]
+        return [a[name] / b[name] for a, b in pairs(runs[numerator], runs[denominator])]
 
     n = plan.tasks
     for size in plan.pool_sizes:
@@ -368,10 +365,10 @@ def measure_throughput(bench: Bench) -> None:
     if {2, 4} <= set(plan.pool_sizes):
         bench.add("tput_ratio.pool4_pool2", "throughput pool-4 / pool-2 (more workers than cores)",
                   paired("pool-4", "pool-2", "tasks_per_s"), "x", at_least=1.0)
-    pairs = zip(paired("pool-2", "bare-x2", "tasks_per_s"), probes, strict=False)
-    bench.notes.append("pool-2 / 2 bare loops in each repetition, with the speed probe just before it (a fixed "
-                       "pure-Python loop; more ms: a slower machine): "
-                       + ", ".join(f"{ratio:.2f}x ({probe:.0f} ms)" for ratio, probe in pairs))
+    bench.notes.append("pool-2 / 2 bare loops in each repetition, with the speed probe taken just before each "
+                       "of the two runs (a fixed pure-Python loop; more ms: a slower machine): "
+                       + ", ".join(f"{a['tasks_per_s'] / b['tasks_per_s']:.2f}x ({a['probe_ms']:.0f} / "
+                                   f"{b['probe_ms']:.0f} ms)" for a, b in pairs(runs["pool-2"], runs["bare-x2"])))
     _server_figures(bench, runs)
     lost = sum(run["tasks"] - run["completed"] for key_runs in runs.values() for run in key_runs)
     bad_exits = sum(code != 0 for key_runs in runs.values() for run in key_runs for code in run["exit_codes"])
@@ -379,14 +376,34 @@ def measure_throughput(bench: Bench) -> None:
               at_most=0)
 
 
+def schedule(plan: Plan, specs: list[Spec]) -> list[list[Spec]]:
+    """The throughput runs of each repetition, in a shuffled order (seeded: the same every run): every
+    spec for ``plan.repeat`` repetitions, those in :data:`TARGET_SPECS` for ``plan.target_repeat``."""
+    repetitions = []
+    for repetition in range(max(plan.repeat, plan.target_repeat)):
+        order = [spec for spec in specs if repetition < plan.repeat or spec.key in TARGET_SPECS]
+        random.Random(repetition).shuffle(order)
+        repetitions.append(order)
+    return repetitions
+
+
+def pairs(numerators: list[dict[str, Any]], denominators: list[dict[str, Any]]) -> list[tuple[dict, dict]]:
+    """The runs of two specs that belong to the same repetition, in repetition order (a spec run in
+    fewer repetitions pairs only in those)."""
+    by_repetition = {run["repetition"]: run for run in denominators}
+    return [(run, by_repetition[run["repetition"]]) for run in numerators if run["repetition"] in by_repetition]
+
+
 def speed_probe_ms() -> float:
     """Milliseconds a fixed pure-Python loop takes now: the shared machine's speed at this moment.
 
-    Why: the same loop took 197 to 363 ms within a minute in session 10 (two shared cores), and the
-    pool's ratio to the bare loops moved with it (about 1.0x while fast, 0.6-0.8x while slow), so each
-    repetition's ratio is printed beside it: a reader can tell the code from the machine."""
+    Why: on 2026-12-01 the same loop (``sum(range(10**7))``) took 197 to 363 ms within a minute on
+    this machine's two shared cores, and a bare loop's CPU per task doubled between two repetitions
+    of one run; each run records this probe so a ratio can be read beside the speed it ran at."""
     started = time.perf_counter()
-    sum(range(2_000_000))
+    total = 0
+    for number in range(200_000):
+        total += number
     return 1000 * (time.perf_counter() - started)
 
 
