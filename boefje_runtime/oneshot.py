@@ -59,7 +59,17 @@ from .plugins import Boefje, BoefjeRegistry
 from .retry import RetryPolicy
 from .stop_signals import SecondSignal, StopSignals
 from .supervised import ChildRun, Ending, run_in_child
-from .tracing import GET_INPUT, NO_TRACING, POST_OUTPUT, RUN, NoTracing, Tracing, environment_context, tracing_for
+from .tracing import (
+    GET_INPUT,
+    NO_TRACING,
+    POST_OUTPUT,
+    RUN,
+    Export,
+    NoTracing,
+    Tracing,
+    environment_context,
+    tracing_for,
+)
 
 logger = logging.getLogger("boefje_runtime.oneshot")
 
@@ -159,7 +169,9 @@ def run_oneshot(
     """
     scrub_secret_env()
     try:
-        tracing = tracing if tracing is not None else tracing_for(config.span_export_grpc_endpoint)
+        # (its spans leave when it ends: the boefje's child must be forked with no other thread alive)
+        tracing = tracing if tracing is not None else tracing_for(config.span_export_grpc_endpoint,
+                                                                  export=Export.AT_CLOSE)
     except ConfigError as exc:
         logger.error(str(exc))
         return ExitCode.USAGE

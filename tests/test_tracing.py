@@ -46,6 +46,13 @@ OTEL_MODULES = """
     def run(boefje_meta):
         return [({"application/json"}, json.dumps(sorted(m for m in sys.modules if m.startswith("opentelemetry"))))]
 """
+#: Reports how many threads the process that forked it ran (its parent: one-shot's own process).
+PARENT_THREADS = """
+    import os
+
+    def run(boefje_meta):
+        return [({"text/plain"}, str(len(os.listdir(f"/proc/{os.getppid()}/task"))))]
+"""
 PARENT_TRACE = 0x4BF92F3577B34DA6A3CE929D0E0E4736
 PARENT_SPAN = 0x00F067AA0BA902B7
 
@@ -56,6 +63,7 @@ def plugins(tmp_path: Path) -> Path:
     write_plugin(root / "hello", HELLO, id="hello", version="1.2", oci_image="test/hello:latest")
     write_plugin(root / "raiser", RAISER, id="raiser", oci_image="test/raiser:latest")
     write_plugin(root / "otel_modules", OTEL_MODULES, id="otel-modules", oci_image="test/otel:latest")
+    write_plugin(root / "parent_threads", PARENT_THREADS, id="parent-threads", oci_image="test/threads:latest")
     return root
 
 
@@ -243,6 +251,29 @@ def test_the_oneshot_cli_exports_its_spans_over_otlp_and_continues_traceparent(a
     assert task.parent_span_id == PARENT_SPAN
     assert task.attributes["boefje.outcome"] == "completed"
     assert "grpc" not in result.stderr.lower()  # no complaint from gRPC about the fork
+
+
+@needs_otel
+def test_the_oneshot_cli_forks_its_boefje_with_no_other_thread_alive_while_tracing(api, plugins):
+    """A fork while other threads run can leave the child blocked for good on a lock one of them
+    held (Python 3.12 warns of it on every such fork); tracing's export thread and gRPC's threads
+    must not exist yet when one-shot forks its boefje."""
+    from .otlp_receiver import OtlpReceiver
+
+    task_id = running_task(api, "parent-threads", oci_image="test/threads:latest")
+    with OtlpReceiver() as receiver:
+        result = helpers.run_cli(
+            "--plugin-dir", str(plugins), f"{api.url}/api/v0/tasks/{task_id}",
+            env={"SPAN_EXPORT_GRPC_ENDPOINT": receiver.endpoint, "PYTHONWARNINGS": "always::DeprecationWarning"},
+            timeout=60,
+        )
+        assert result.returncode == ExitCode.OK, result.stderr
+        spans = receiver.received()
+
+    assert api.files(task_id)[0]["content"] == b"1"  # the one-shot process ran its main thread only
+    assert "multi-threaded" not in result.stderr
+    # and its spans still reach the collector, all of them, when the run ends
+    assert sorted(span.name for span in spans) == ["GET input", "POST output", "boefje task", "run"]
 
 
 # -- the pool: spans from forked workers, over real OTLP/gRPC ------------------------------------------

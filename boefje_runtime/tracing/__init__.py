@@ -35,6 +35,9 @@ Where spans are made, and why (the pool forks its workers):
 - **One-shot** continues the trace of the process that started it: the ``TRACEPARENT`` (and
   ``TRACESTATE``) environment variables, OpenTelemetry's convention for handing a context to a child
   process (OpenKAT's runner passes none today; any orchestrator can). Without them it starts a trace.
+  Its spans are held until the run ends and leave in one export then (``Export.AT_CLOSE``): the
+  boefje's child is forked mid-run, and is forked from a process with no other thread (no export
+  thread, no gRPC channel yet).
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ from .names import (
 )
 from .off import NO_TRACING, NoTracing
 from .pop import PopTrace, PopTracer
-from .provider import EXPORT_TIMEOUT_S, SCHEDULE_DELAY_MS, Tracing
+from .provider import EXPORT_TIMEOUT_S, SCHEDULE_DELAY_MS, Export, Tracing
 from .task import TaskTrace
 from .w3c import HeaderHook, environment_context, traceparent
 
@@ -90,6 +93,7 @@ __all__ = [
     "SETTLE_DUPLICATE",
     "TASK_ID",
     "TASK_SPAN",
+    "Export",
     "HeaderHook",
     "NoTracing",
     "PopTrace",

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 from ..errors import ConfigError
 from .off import NO_TRACING, NoTracing
-from .provider import Tracing
+from .provider import Export, Tracing
 
 #: What to install when tracing is asked for without OpenTelemetry (the one line users see).
 INSTALL_HINT = "install boefje-runtime[tracing]"
@@ -26,8 +26,10 @@ def available() -> bool:
         return False
 
 
-def tracing_for(endpoint: str | None, *, resource: Mapping[str, str] | None = None) -> Tracing | NoTracing:
-    """The tracing a process should use: :data:`NO_TRACING` without an endpoint.
+def tracing_for(endpoint: str | None, *, resource: Mapping[str, str] | None = None,
+                export: Export = Export.BATCHED) -> Tracing | NoTracing:
+    """The tracing a process should use: :data:`NO_TRACING` without an endpoint; ``export`` says
+    when its spans leave (:class:`Export`).
 
     Raises :class:`ConfigError` (one line, exit 2 in the CLI) when an endpoint is set but the
     extra is not installed, so a misconfigured image fails at start instead of tracing nothing.
@@ -39,4 +41,4 @@ def tracing_for(endpoint: str | None, *, resource: Mapping[str, str] | None = No
             f"SPAN_EXPORT_GRPC_ENDPOINT (--span-export-grpc-endpoint) is set but OpenTelemetry is not "
             f"installed: {INSTALL_HINT}"
         )
-    return Tracing(endpoint=endpoint, resource=resource)
+    return Tracing(endpoint=endpoint, resource=resource, export=export)

@@ -3,11 +3,16 @@
 Built lazily, in the process that uses it (``_ensure``), because the pool builds the object in the
 supervisor and forks workers: each worker makes its own provider, exporter and export thread after
 the fork, and never exports through one inherited from its parent.
+
+How spans leave (:class:`Export`): in the background (the pool's processes), or all at once when
+the process closes its tracing (one-shot, which forks its boefje's child mid-run and must do so
+with no other thread alive).
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import os
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -21,6 +26,50 @@ from .task import TaskTrace
 SCHEDULE_DELAY_MS = 1000
 #: Longest an export (and so a worker's exit or a one-shot's end) waits for an unreachable collector.
 EXPORT_TIMEOUT_S = 5.0
+
+
+class Export(enum.Enum):
+    """When ended spans go to the collector."""
+
+    #: In the background: an export thread sends them every :data:`SCHEDULE_DELAY_MS` (a pool's
+    #: supervisor and workers, which run for long and may be SIGKILLed).
+    BATCHED = "batched"
+    #: Held in memory and sent in one export when the tracing is closed, the exporter (its gRPC
+    #: channel, whose C threads start with it) made only then. Why: one-shot forks its boefje's
+    #: child mid-run, and a fork while other threads run can leave the child waiting forever on a
+    #: lock one of them held (Python 3.12 warns of it, in one-shot's log of every task: there were
+    #: eight threads, the export thread and gRPC's). A one-shot run holds a handful of spans.
+    AT_CLOSE = "at_close"
+
+
+def _export_at_close(exporter_factory: Any) -> Any:
+    """A span processor for :attr:`Export.AT_CLOSE` (a function, so the SDK is imported only when
+    tracing is on)."""
+    from opentelemetry.sdk.trace import SpanProcessor
+    from opentelemetry.sdk.trace.export import SpanExportResult
+
+    class ExportAtClose(SpanProcessor):
+        def __init__(self) -> None:
+            self._ended: list[Any] = []
+            self._exporter: Any = None
+
+        def on_end(self, span: Any) -> None:
+            self._ended.append(span)
+
+        def force_flush(self, timeout_millis: int = 30000) -> bool:
+            ended, self._ended = self._ended, []
+            if not ended:
+                return True
+            if self._exporter is None:
+                self._exporter = exporter_factory()
+            return self._exporter.export(ended) is SpanExportResult.SUCCESS
+
+        def shutdown(self) -> None:
+            self.force_flush()
+            if self._exporter is not None:
+                self._exporter.shutdown()
+
+    return ExportAtClose()
 
 
 class Tracing:
@@ -40,9 +89,11 @@ class Tracing:
         exporter: Any = None,
         resource: Mapping[str, str] | None = None,
         schedule_delay_ms: int = SCHEDULE_DELAY_MS,
+        export: Export = Export.BATCHED,
     ) -> None:
         self.endpoint = endpoint
         self.resource = dict(resource or {})
+        self.export = export
         self._exporter = exporter
         self._schedule_delay_ms = schedule_delay_ms
         self._provider: Any = None
@@ -64,26 +115,31 @@ class Tracing:
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-        exporter = self._exporter
-        if exporter is None:
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-            exporter = OTLPSpanExporter(endpoint=self.endpoint, timeout=EXPORT_TIMEOUT_S)
         attributes = dict(self.resource)
         if not os.environ.get("OTEL_SERVICE_NAME"):
             attributes.setdefault("service.name", "boefje-runtime")
         # Not the global provider: a boefje (or a test) may set its own, and a pool's worker must
         # not export through one inherited from its parent.
         provider = TracerProvider(resource=Resource.create(attributes), id_generator=self._ids, shutdown_on_exit=False)
-        provider.add_span_processor(
-            BatchSpanProcessor(
-                exporter,
-                schedule_delay_millis=self._schedule_delay_ms,
-                export_timeout_millis=EXPORT_TIMEOUT_S * 1000,
+        if self.export is Export.AT_CLOSE:
+            provider.add_span_processor(_export_at_close(self._make_exporter))
+        else:
+            provider.add_span_processor(
+                BatchSpanProcessor(
+                    self._make_exporter(),
+                    schedule_delay_millis=self._schedule_delay_ms,
+                    export_timeout_millis=EXPORT_TIMEOUT_S * 1000,
+                )
             )
-        )
         self._provider, self._pid = provider, os.getpid()
         self._tracer = provider.get_tracer("boefje_runtime")
+
+    def _make_exporter(self) -> Any:
+        if self._exporter is not None:
+            return self._exporter
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter(endpoint=self.endpoint, timeout=EXPORT_TIMEOUT_S)
 
     def _ensure(self) -> Any:
         if self._tracer is None or self._pid != os.getpid():
