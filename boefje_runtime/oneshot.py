@@ -164,8 +164,10 @@ def run_oneshot(
     ``registry`` defaults to the boefjes found under ``config.plugin_dir``. From the moment the
     task is known, every log line carries its id and masks its environment's values (the
     organisation's credentials), the final error line included. ``tracing`` defaults to what
-    ``config.span_export_grpc_endpoint`` asks for; the run's span continues the trace handed over
-    in ``TRACEPARENT``, if any (see tracing.py).
+    ``config.span_export_grpc_endpoint`` asks for, its spans sent when the run ends
+    (``Export.AT_CLOSE``: the boefje's child is forked with no other thread alive); one passed in
+    should be made with that too. The run's span continues the trace handed over in
+    ``TRACEPARENT``, if any (see tracing.py).
     """
     scrub_secret_env()
     try:
