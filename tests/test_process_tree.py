@@ -6,6 +6,7 @@ group leader), which writes the pids it started to a JSON file the test reads.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -120,6 +121,10 @@ class GroupWatch:
         self.group = group
         self._zombies: set[int] = set()
         self._since = 0.0
+        #: What the last scan found (pid -> state), and every pid any scan found: for the failure
+        #: message (a hopper that got away shows as ever more pids).
+        self.last: dict[int, str] = {}
+        self.seen: set[int] = set()
 
     def running(self) -> bool:
         if not group_alive(self.group):
@@ -128,6 +133,7 @@ class GroupWatch:
         for name in os.listdir("/proc"):
             if name.isdigit() and (stat := process_tree.proc_stat(int(name))) is not None and stat.pgrp == self.group:
                 states[int(name)] = stat.state
+        self.last, self.seen = states, self.seen | set(states)
         zombies = set(states) if states and all(state in "ZX" for state in states.values()) else set()
         if not zombies or zombies != self._zombies:
             self._zombies, self._since = zombies, time.monotonic()
@@ -194,7 +200,12 @@ def test_kill_tree_catches_a_process_that_keeps_changing_its_pid(tmp_path):
         assert len(killed) <= 50, f"chased {len(killed)} pids"
         root.wait(5)
         watch = GroupWatch(hopper_group)
-        wait_until(lambda: not watch.running(), timeout=10, what="every process of the hopper's group to be gone")
+        try:
+            wait_until(lambda: not watch.running(), timeout=10, what="every process of the hopper's group to be gone")
+        except TimeoutError as exc:  # which way: a hopper that got away shows as ever more pids
+            states = dict(collections.Counter(watch.last.values()))
+            raise AssertionError(f"{exc}; the last scan found {states} (by state), {len(watch.seen)} pids "
+                                 f"seen in all, kill_tree signalled {len(killed)}") from None
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(hopper_group, signal.SIGKILL)
